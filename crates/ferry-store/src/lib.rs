@@ -1,0 +1,41 @@
+//! ferry's storage engine.
+//!
+//! It owns volumes (virtual disks of 4 KiB blocks), groups (the disks of one
+//! VM as named slots), snapshots of a group at one instant, clones of
+//! snapshots, sync (production slots into a test group), diffs between
+//! snapshots, and space accounting. It is synchronous and thread-safe; async
+//! lives at the network edges, in other crates.
+//!
+//! A volume is a chain of layers ([`layer`]): the head takes writes, sealed
+//! layers below it are immutable. A snapshot seals the heads of a group under
+//! a short write barrier; a clone is a new head over a sealed layer; a diff is
+//! the union of the allocation maps between two layers; deleting a snapshot
+//! merges its layer into its only child. The catalog of objects is one redb
+//! database ([`catalog`]); every multi-object change is one transaction.
+//!
+//! What it must not do: speak any network protocol, know about users or
+//! roles, or read data to compute a diff.
+//!
+//! The durability contract: a write is durable once a later flush completed
+//! (or at once with FUA); after a crash at any moment every block reads its
+//! last durable content or a newer acknowledged write. Data reaches stable
+//! storage before the allocation record that points at it.
+
+pub mod catalog;
+pub mod error;
+pub mod layer;
+pub mod storage;
+mod store;
+mod types;
+mod volume;
+
+pub use error::{Result, StoreError};
+pub use roaring::RoaringBitmap;
+pub use store::{
+    DiffEnd, GroupInfo, MemberInfo, SnapshotInfo, SpaceInfo, Store, SyncReport, Target, VolumeInfo,
+};
+pub use types::{
+    BLOCK_SIZE, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId, parse_size,
+    validate_name,
+};
+pub use volume::{SnapshotReader, VolumeHandle};

@@ -1,0 +1,49 @@
+//! Where the engine's bytes live: a small file-system trait.
+//!
+//! The engine never calls `std::fs` directly; it goes through [`Storage`] so
+//! that tests can run it on [`MemStorage`] (which can simulate a crash that
+//! loses unsynced writes) wrapped in [`FaultStorage`] (which fails or cuts
+//! writes after N operations). The catalog (redb) runs on the same files.
+//!
+//! Names are relative paths such as `catalog.redb` or `layers/0000000000000005.data`.
+
+mod fault;
+mod fs;
+mod mem;
+
+pub use fault::{FaultMode, FaultStorage};
+pub use fs::FsStorage;
+pub use mem::MemStorage;
+
+use std::fmt::Debug;
+use std::io;
+use std::sync::Arc;
+
+/// A directory of files.
+pub trait Storage: Send + Sync + Debug + 'static {
+    /// Opens a file, creating it empty when `create` is set and it is missing.
+    fn open_file(&self, name: &str, create: bool) -> io::Result<Arc<dyn StorageFile>>;
+    /// Removes a file; a missing file is not an error.
+    fn remove_file(&self, name: &str) -> io::Result<()>;
+    /// Atomically and durably replaces `to` by `from`.
+    fn rename_file(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Names of the files in a directory, relative to it.
+    fn list_dir(&self, dir: &str) -> io::Result<Vec<String>>;
+}
+
+/// One file: positioned reads and writes, like `pread`/`pwrite`.
+#[allow(clippy::len_without_is_empty)]
+pub trait StorageFile: Send + Sync + Debug + 'static {
+    /// Fills `buf` from `offset`; bytes past the end of the file read as zeros.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, growing the file when needed.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Makes every completed write durable (`fdatasync`).
+    fn sync_data(&self) -> io::Result<()>;
+    /// Deallocates a range, which then reads as zeros. The file keeps its length.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()>;
+    /// The file's length in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Sets the file's length; new bytes read as zeros.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+}

@@ -1,0 +1,293 @@
+//! A volume's live state and its data path: reads resolve each block through
+//! the chain of layers, writes go to the head.
+//!
+//! The chain is `layers[0]` (the head, which takes writes) followed by sealed
+//! layers, newest first. A block reads from the first layer that defines it,
+//! zeros if none does. Whole-block writes go straight into the head file; a
+//! partial block is read, merged and written whole under a per-block lock.
+//!
+//! Every I/O holds the volume's state lock for reading; snapshots, merges,
+//! grow and sync take it for writing, which is the write barrier: in-flight
+//! I/O finishes, new I/O waits.
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::Arc;
+
+use crate::error::{Result, StoreError};
+use crate::layer::{BlockState, Layer};
+use crate::types::{BLOCK, BLOCK_SIZE, VolumeId};
+
+const STRIPES: usize = 64;
+static ZEROS: [u8; BLOCK] = [0; BLOCK];
+
+#[derive(Debug)]
+pub(crate) struct VolumeState {
+    pub size: u64,
+    /// `layers[0]` is the head; the rest are sealed, newest first.
+    pub layers: Vec<Arc<Layer>>,
+    pub deleted: bool,
+}
+
+#[derive(Debug)]
+pub(crate) struct Volume {
+    pub id: VolumeId,
+    pub name: String,
+    pub state: RwLock<VolumeState>,
+    stripes: Box<[Mutex<()>]>,
+}
+
+impl Volume {
+    pub fn new(id: VolumeId, name: String, size: u64, layers: Vec<Arc<Layer>>) -> Volume {
+        Volume {
+            id,
+            name,
+            state: RwLock::new(VolumeState {
+                size,
+                layers,
+                deleted: false,
+            }),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Takes the state for I/O on `offset..offset+len`, checking the volume is usable.
+    fn begin(&self, offset: u64, len: u64) -> Result<RwLockReadGuard<'_, VolumeState>> {
+        let st = self.state.read();
+        if st.deleted {
+            return Err(StoreError::Deleted {
+                name: self.name.clone(),
+            });
+        }
+        if st.layers[0].failed() {
+            return Err(StoreError::Failed {
+                name: self.name.clone(),
+            });
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= st.size => Ok(st),
+            _ => Err(StoreError::OutOfRange {
+                offset,
+                len,
+                size: st.size,
+            }),
+        }
+    }
+
+    fn io_err(&self, op: &'static str, e: std::io::Error) -> StoreError {
+        StoreError::io(op, format!("volume {:?}", self.name), e)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        let st = self.begin(0, 0)?;
+        st.layers[0]
+            .persist()
+            .map_err(|e| self.io_err("flushing", e))
+    }
+}
+
+/// Which layer a block comes from, and in what form.
+fn resolve(layers: &[Arc<Layer>], block: u32) -> (usize, BlockState) {
+    for (i, layer) in layers.iter().enumerate() {
+        let st = layer.state(block);
+        if st != BlockState::Absent {
+            return (i, st);
+        }
+    }
+    (layers.len(), BlockState::Absent)
+}
+
+/// Reads `buf.len()` bytes at `offset` through a chain (bounds already checked).
+pub(crate) fn read_chain(
+    layers: &[Arc<Layer>],
+    buf: &mut [u8],
+    offset: u64,
+) -> std::io::Result<()> {
+    let end = offset + buf.len() as u64;
+    let mut pos = offset;
+    while pos < end {
+        let block = (pos / BLOCK_SIZE) as u32;
+        let source = resolve(layers, block);
+        let mut next = u64::from(block) + 1;
+        while next * BLOCK_SIZE < end && resolve(layers, next as u32) == source {
+            next += 1;
+        }
+        let run_end = end.min(next * BLOCK_SIZE);
+        let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+        match source {
+            (i, BlockState::Data) => layers[i].read(out, pos)?,
+            _ => out.fill(0),
+        }
+        pos = run_end;
+    }
+    Ok(())
+}
+
+/// What to put in a range: bytes, or zeros.
+#[derive(Clone, Copy)]
+enum Fill<'a> {
+    Bytes(&'a [u8]),
+    Zeros,
+}
+
+/// A handle for reading and writing one volume; cheap to clone, safe to share.
+///
+/// The durability contract: a write is durable once a [`flush`](Self::flush)
+/// that started after it returned has completed, or at once when written with
+/// `fua`. After a crash every block reads its last durable content or a newer
+/// acknowledged write.
+#[derive(Clone, Debug)]
+pub struct VolumeHandle {
+    pub(crate) vol: Arc<Volume>,
+}
+
+impl VolumeHandle {
+    pub fn name(&self) -> &str {
+        &self.vol.name
+    }
+
+    pub fn id(&self) -> VolumeId {
+        self.vol.id
+    }
+
+    /// The volume's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.vol.state.read().size
+    }
+
+    /// Reads `buf.len()` bytes at any byte `offset`.
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let st = self.vol.begin(offset, buf.len() as u64)?;
+        read_chain(&st.layers, buf, offset).map_err(|e| self.vol.io_err("reading", e))
+    }
+
+    /// Writes `buf` at any byte `offset`; with `fua` it is durable on return.
+    pub fn write(&self, buf: &[u8], offset: u64, fua: bool) -> Result<()> {
+        self.modify(offset, buf.len() as u64, Fill::Bytes(buf), fua)
+    }
+
+    /// Makes a range read as zeros, giving whole blocks' space back.
+    pub fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.modify(offset, len, Fill::Zeros, fua)
+    }
+
+    /// Discards a range; it reads as zeros afterwards and its space comes back.
+    pub fn trim(&self, offset: u64, len: u64, fua: bool) -> Result<()> {
+        self.modify(offset, len, Fill::Zeros, fua)
+    }
+
+    /// Makes every write completed before this call durable.
+    pub fn flush(&self) -> Result<()> {
+        self.vol.flush()
+    }
+
+    fn modify(&self, offset: u64, len: u64, fill: Fill<'_>, fua: bool) -> Result<()> {
+        let st = self.vol.begin(offset, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = offset + len;
+        let full_start = offset.next_multiple_of(BLOCK_SIZE);
+        let full_end = end / BLOCK_SIZE * BLOCK_SIZE;
+        let io = |e| self.vol.io_err("writing", e);
+        let part = |from: u64, to: u64| match fill {
+            Fill::Bytes(b) => Fill::Bytes(&b[(from - offset) as usize..(to - offset) as usize]),
+            Fill::Zeros => Fill::Zeros,
+        };
+        if full_start < full_end {
+            let blocks = (full_start / BLOCK_SIZE) as u32..=((full_end / BLOCK_SIZE) - 1) as u32;
+            let head = &st.layers[0];
+            match part(full_start, full_end) {
+                Fill::Bytes(b) => {
+                    head.write(b, full_start).map_err(io)?;
+                    head.mark_data(blocks);
+                }
+                Fill::Zeros => {
+                    head.punch(full_start, full_end - full_start).map_err(io)?;
+                    head.mark_zero(blocks);
+                }
+            }
+            if offset < full_start {
+                self.write_partial(&st, offset, full_start - offset, part(offset, full_start))
+                    .map_err(io)?;
+            }
+            if full_end < end {
+                self.write_partial(&st, full_end, end - full_end, part(full_end, end))
+                    .map_err(io)?;
+            }
+        } else {
+            // No whole block: one or two partial blocks.
+            let mut pos = offset;
+            while pos < end {
+                let to = end.min((pos / BLOCK_SIZE + 1) * BLOCK_SIZE);
+                self.write_partial(&st, pos, to - pos, part(pos, to))
+                    .map_err(io)?;
+                pos = to;
+            }
+        }
+        if fua {
+            st.layers[0]
+                .persist()
+                .map_err(|e| self.vol.io_err("flushing", e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes part of one block (`offset..offset+len`): in place when the
+    /// head holds the block, else read-modify-write of the whole block under
+    /// the block's lock.
+    fn write_partial(
+        &self,
+        st: &VolumeState,
+        offset: u64,
+        len: u64,
+        fill: Fill<'_>,
+    ) -> std::io::Result<()> {
+        let block = (offset / BLOCK_SIZE) as u32;
+        let head = &st.layers[0];
+        if head.state(block) == BlockState::Data {
+            // Blocks never leave a map, so writing in place needs no lock.
+            return match fill {
+                Fill::Bytes(b) => head.write(b, offset),
+                Fill::Zeros => head.write(&ZEROS[..len as usize], offset),
+            };
+        }
+        let _guard = self.vol.stripes[block as usize % STRIPES].lock();
+        let start = u64::from(block) * BLOCK_SIZE;
+        let mut buf = [0u8; BLOCK];
+        read_chain(&st.layers, &mut buf, start)?;
+        let at = (offset - start) as usize;
+        let range = &mut buf[at..at + len as usize];
+        match fill {
+            Fill::Bytes(b) => range.copy_from_slice(b),
+            Fill::Zeros => range.fill(0),
+        }
+        head.write(&buf, start)?;
+        head.mark_data(block..=block);
+        Ok(())
+    }
+}
+
+/// A read-only view of one volume of a snapshot.
+#[derive(Clone, Debug)]
+pub struct SnapshotReader {
+    pub(crate) layers: Vec<Arc<Layer>>,
+    pub(crate) size: u64,
+}
+
+impl SnapshotReader {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match offset.checked_add(buf.len() as u64) {
+            Some(end) if end <= self.size => read_chain(&self.layers, buf, offset)
+                .map_err(|e| StoreError::io("reading", "snapshot", e)),
+            _ => Err(StoreError::OutOfRange {
+                offset,
+                len: buf.len() as u64,
+                size: self.size,
+            }),
+        }
+    }
+}

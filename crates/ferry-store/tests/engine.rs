@@ -1,0 +1,228 @@
+//! Behaviour of the engine's operations, one scenario per test.
+
+use ferry_store::storage::MemStorage;
+use ferry_store::{DiffEnd, SnapshotKind, Store, StoreError, Target};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const MIB: u64 = 1 << 20;
+
+fn mem_store() -> (Arc<MemStorage>, Store) {
+    let storage = MemStorage::new();
+    let store = Store::open_storage(storage.clone()).unwrap();
+    (storage, store)
+}
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect()
+}
+
+fn read(store: &Store, vol: &str, off: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    store.volume(vol).unwrap().read(&mut buf, off).unwrap();
+    buf
+}
+
+#[test]
+fn volumes_create_list_grow_delete() {
+    let (_s, store) = mem_store();
+    store.create_volume("a", MIB).unwrap();
+    store.create_volume("b", 2 * MIB).unwrap();
+    assert!(matches!(
+        store.create_volume("a", MIB),
+        Err(StoreError::AlreadyExists { .. })
+    ));
+    assert!(matches!(
+        store.create_volume("a/b", MIB),
+        Err(StoreError::InvalidName { .. })
+    ));
+    assert!(matches!(
+        store.create_volume("c", 0),
+        Err(StoreError::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        store.create_volume("c", 1000),
+        Err(StoreError::InvalidSize { .. })
+    ));
+    let names: Vec<_> = store.list_volumes().into_iter().map(|v| v.name).collect();
+    assert_eq!(names, ["a", "b"]);
+    let v = store.volume("a").unwrap();
+    v.write(&pattern(1, 4096), MIB - 4096, false).unwrap();
+    assert!(matches!(
+        v.write(&[1], MIB, false),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    store.grow_volume("a", 2 * MIB).unwrap();
+    v.write(&pattern(2, 10), MIB + 5, false).unwrap();
+    assert_eq!(read(&store, "a", MIB + 5, 10), pattern(2, 10));
+    assert_eq!(read(&store, "a", MIB, 5), vec![0; 5]);
+    assert!(matches!(
+        store.grow_volume("a", MIB),
+        Err(StoreError::Shrink { .. })
+    ));
+    store.delete_volume("a").unwrap();
+    assert!(matches!(
+        v.read(&mut [0u8; 1], 0),
+        Err(StoreError::Deleted { .. })
+    ));
+    assert_eq!(store.list_volumes().len(), 1);
+}
+
+#[test]
+fn partial_writes_zeroes_and_reopen() {
+    let (storage, store) = mem_store();
+    store.create_volume("v", MIB).unwrap();
+    let v = store.volume("v").unwrap();
+    let mut model = vec![0u8; MIB as usize];
+    let mut put = |v: &ferry_store::VolumeHandle, off: usize, data: Vec<u8>| {
+        v.write(&data, off as u64, false).unwrap();
+        model[off..off + data.len()].copy_from_slice(&data);
+    };
+    put(&v, 4097, pattern(3, 511));
+    put(&v, 0, pattern(4, 3 * 4096 + 100));
+    put(&v, 8000, pattern(5, 20000));
+    v.write_zeroes(5000, 9000, false).unwrap();
+    model[5000..14000].fill(0);
+    v.trim(32768, 8192, false).unwrap();
+    model[32768..40960].fill(0);
+    assert_eq!(read(&store, "v", 0, MIB as usize), model);
+    store
+        .create_snapshot(Target::Volume("v"), "s1", SnapshotKind::Crash)
+        .unwrap();
+    v.write(&pattern(6, 100), 4090, true).unwrap();
+    model[4090..4190].copy_from_slice(&pattern(6, 100));
+    v.flush().unwrap();
+    drop(v);
+    drop(store);
+    storage.crash(1);
+    let store = Store::open_storage(storage).unwrap();
+    assert_eq!(read(&store, "v", 0, MIB as usize), model);
+}
+
+#[test]
+fn group_snapshot_clone_diff_and_delete() {
+    let (_s, store) = mem_store();
+    store.create_volume("db-log", MIB).unwrap();
+    store.create_volume("db-data", 2 * MIB).unwrap();
+    store
+        .create_group("db", &[("log", "db-log"), ("data", "db-data")])
+        .unwrap();
+    let log = store.volume("db-log").unwrap();
+    let data = store.volume("db-data").unwrap();
+    log.write(&pattern(1, 8192), 0, false).unwrap();
+    data.write(&pattern(2, 4096), 4096 * 10, false).unwrap();
+    let s1 = store
+        .create_snapshot(Target::Group("db"), "s1", SnapshotKind::Crash)
+        .unwrap();
+    assert_eq!(s1.members.len(), 2);
+    data.write(&pattern(3, 4096), 4096 * 11, false).unwrap();
+    data.write(&pattern(4, 4096), 4096 * 10, false).unwrap();
+    store
+        .create_snapshot(Target::Group("db"), "s2", SnapshotKind::App)
+        .unwrap();
+    let diff = store
+        .diff(Target::Group("db"), "s1", DiffEnd::Snapshot("s2"))
+        .unwrap();
+    assert_eq!(diff["data"].iter().collect::<Vec<_>>(), vec![10, 11]);
+    assert!(diff["log"].is_empty());
+    log.write(&pattern(5, 1), 3 * 4096 + 7, false).unwrap();
+    let live = store
+        .diff(Target::Group("db"), "s2", DiffEnd::Live)
+        .unwrap();
+    assert_eq!(live["log"].iter().collect::<Vec<_>>(), vec![3]);
+    assert!(
+        store
+            .diff(Target::Group("db"), "s2", DiffEnd::Snapshot("s1"))
+            .is_err()
+    );
+
+    let g = store.clone_group("db", "s1", "test").unwrap();
+    assert_eq!(g.slots["data"], "test-data");
+    assert_eq!(read(&store, "test-data", 4096 * 10, 4096), pattern(2, 4096));
+    assert_eq!(read(&store, "test-data", 4096 * 11, 4096), vec![0; 4096]);
+    store
+        .volume("test-data")
+        .unwrap()
+        .write(&pattern(9, 4096), 0, false)
+        .unwrap();
+    assert_eq!(read(&store, "db-data", 0, 4096), vec![0; 4096]);
+
+    store.delete_snapshot(Target::Group("db"), "s1").unwrap();
+    // the clone still holds s1's layers
+    assert_eq!(read(&store, "test-data", 4096 * 10, 4096), pattern(2, 4096));
+    store.delete_snapshot(Target::Group("db"), "s2").unwrap();
+    assert_eq!(
+        read(&store, "db-data", 4096 * 10, 8192),
+        [pattern(4, 4096), pattern(3, 4096)].concat()
+    );
+    assert_eq!(read(&store, "db-log", 0, 8192), pattern(1, 8192));
+}
+
+#[test]
+fn sync_replaces_chosen_slots_and_keeps_undo() {
+    let (_s, store) = mem_store();
+    for n in ["p-sys", "p-data", "t-sys", "t-data"] {
+        store.create_volume(n, MIB).unwrap();
+    }
+    store
+        .create_group("prod", &[("system", "p-sys"), ("data", "p-data")])
+        .unwrap();
+    store
+        .create_group("test", &[("system", "t-sys"), ("data", "t-data")])
+        .unwrap();
+    store
+        .volume("p-data")
+        .unwrap()
+        .write(&pattern(1, 4096), 0, false)
+        .unwrap();
+    store
+        .volume("t-data")
+        .unwrap()
+        .write(&pattern(2, 4096), 0, false)
+        .unwrap();
+    store
+        .volume("t-sys")
+        .unwrap()
+        .write(&pattern(3, 4096), 0, false)
+        .unwrap();
+    store
+        .create_snapshot(Target::Group("prod"), "night", SnapshotKind::Crash)
+        .unwrap();
+    let report = store.sync("prod", "night", "test", &["data"]).unwrap();
+    assert_eq!(read(&store, "t-data", 0, 4096), pattern(1, 4096));
+    assert_eq!(read(&store, "t-sys", 0, 4096), pattern(3, 4096));
+    let undo = store
+        .open_snapshot(Target::Group("test"), &report.undo_snapshot, Some("data"))
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    undo.read(&mut buf, 0).unwrap();
+    assert_eq!(buf, pattern(2, 4096));
+    assert!(store.sync("prod", "night", "test", &["nope"]).is_err());
+}
+
+#[test]
+fn tags_and_space() {
+    let (_s, store) = mem_store();
+    store.create_volume("v", MIB).unwrap();
+    store.create_group("g", &[("data", "v")]).unwrap();
+    store
+        .set_tags("g", BTreeMap::from([("team".into(), "web".into())]))
+        .unwrap();
+    assert_eq!(store.group("g").unwrap().tags["team"], "web");
+    let v = store.volume("v").unwrap();
+    v.write(&pattern(1, 8192), 0, false).unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s", SnapshotKind::Crash)
+        .unwrap();
+    v.write(&pattern(2, 4096), 0, false).unwrap();
+    let space = store.space();
+    assert_eq!(space[0].logical, MIB);
+    assert_eq!(space[0].allocated, 8192);
+    assert_eq!(space[0].snapshot_only, 4096);
+    assert!(matches!(
+        store.delete_volume("v"),
+        Err(StoreError::InUse { .. })
+    ));
+}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# ferry's whole test suite, as CI runs it: installs what the tests need
+# (idempotently), then checks formatting and lints and runs every test.
+#
+#   bash scripts/test.sh            # the full suite
+#   FERRY_SOAK=1 bash scripts/test.sh   # plus long soaks (more crash rounds, more cases)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# --- system packages the tests drive (real clients, no mocks) ---
+packages=()
+need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
+# (the engine's tests need none yet; later issues add qemu-utils, nbdkit, ...)
+if [ ${#packages[@]} -gt 0 ]; then
+    echo "installing: ${packages[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${packages[@]}"
+fi
+
+# --- how hard the randomized tests push ---
+export PROPTEST_CASES="${PROPTEST_CASES:-10000}"
+export FERRY_CRASH_ROUNDS="${FERRY_CRASH_ROUNDS:-50}"
+if [ "${FERRY_SOAK:-}" = 1 ]; then
+    export PROPTEST_CASES=100000 FERRY_CRASH_ROUNDS=1000
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== tests (PROPTEST_CASES=$PROPTEST_CASES FERRY_CRASH_ROUNDS=$FERRY_CRASH_ROUNDS)"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --locked --no-fail-fast
+    cargo test --workspace --locked --doc
+else
+    cargo test --workspace --locked
+fi
+echo "== all tests passed"
