@@ -24,6 +24,7 @@
 pub mod catalog;
 pub mod error;
 pub mod layer;
+mod resolve;
 pub mod storage;
 mod store;
 mod types;

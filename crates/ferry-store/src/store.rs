@@ -309,9 +309,7 @@ impl Store {
         }
         let vol = self.vol(rec.id)?;
         let mut st = vol.state.write();
-        st.layers[0]
-            .set_len(size)
-            .map_err(io_err("growing", name))?;
+        st.head().set_len(size).map_err(io_err("growing", name))?;
         rec.size = size;
         cat.commit(vec![Change::PutVolume(rec.clone())])?;
         st.size = size;
@@ -621,7 +619,7 @@ impl Store {
         let mut snapshot = snapshot;
         let mut changes = Vec::new();
         for ((slot, v, new_id, size), st) in plan.iter().zip(guards.iter()) {
-            let old = st.layers[0].clone();
+            let old = st.head().clone();
             if let Err(e) = old.persist() {
                 self.drop_layers(&new_heads);
                 return Err(StoreError::io(
@@ -655,9 +653,9 @@ impl Store {
             let head = self.layer(*new_id)?;
             let below = match rebase.get(*slot) {
                 Some(m) => self.chain(&cat.state, m.layer)?,
-                None => std::mem::take(&mut st.layers),
+                None => st.layers().to_vec(),
             };
-            st.layers = std::iter::once(head).chain(below).collect();
+            st.set_layers(std::iter::once(head).chain(below).collect());
             st.size = *size;
         }
         drop(guards);
@@ -723,10 +721,10 @@ impl Store {
         let cat = self.inner.catalog.lock();
         let rec = self.snapshot_rec(&cat.state, target, name)?;
         let member = pick_member(&rec, target, slot)?;
-        Ok(SnapshotReader {
-            layers: self.chain(&cat.state, member.layer)?,
-            size: member.size,
-        })
+        Ok(SnapshotReader::new(
+            self.chain(&cat.state, member.layer)?,
+            member.size,
+        ))
     }
 
     // ----- clones and sync -----
@@ -967,7 +965,7 @@ impl Store {
                 let st = v.state.read();
                 let mut covered = RoaringBitmap::new();
                 let (mut allocated, mut hidden) = (0u64, 0u64);
-                for (i, layer) in st.layers.iter().enumerate() {
+                for (i, layer) in st.layers().iter().enumerate() {
                     layer.with_map(|m| {
                         let data = &m.present - &m.zeroed;
                         let shown = &data - &covered;
@@ -1089,7 +1087,7 @@ impl Store {
                 .volumes
                 .read()
                 .values()
-                .find(|v| v.state.read().layers[0].id == into)
+                .find(|v| v.state.read().head().id == into)
                 .cloned();
             let _barrier = owner.as_ref().map(|v| v.state.write());
             let (mut data, mut zero) = (RoaringBitmap::new(), RoaringBitmap::new());
@@ -1150,8 +1148,7 @@ impl Store {
             ])?;
             let volumes: Vec<_> = self.inner.volumes.read().values().cloned().collect();
             for v in volumes {
-                let mut st = v.state.write();
-                st.layers.retain(|l| l.id != from);
+                v.state.write().remove_layer(from);
             }
         }
         self.inner.layers.write().remove(&from);

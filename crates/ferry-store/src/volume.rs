@@ -11,10 +11,11 @@
 //! I/O finishes, new I/O waits.
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Result, StoreError};
 use crate::layer::{BlockState, Layer};
+use crate::resolve::Resolver;
 use crate::types::{BLOCK, BLOCK_SIZE, VolumeId};
 
 const STRIPES: usize = 64;
@@ -24,8 +25,44 @@ static ZEROS: [u8; BLOCK] = [0; BLOCK];
 pub(crate) struct VolumeState {
     pub size: u64,
     /// `layers[0]` is the head; the rest are sealed, newest first.
-    pub layers: Vec<Arc<Layer>>,
+    layers: Vec<Arc<Layer>>,
+    /// Resolution through `layers[1..]`, built on first use after a chain change.
+    resolver: OnceLock<Option<Resolver>>,
     pub deleted: bool,
+}
+
+impl VolumeState {
+    pub fn layers(&self) -> &[Arc<Layer>] {
+        &self.layers
+    }
+
+    pub fn head(&self) -> &Arc<Layer> {
+        &self.layers[0]
+    }
+
+    /// Replaces the chain (snapshot, sync).
+    pub fn set_layers(&mut self, layers: Vec<Arc<Layer>>) {
+        self.layers = layers;
+        self.resolver = OnceLock::new();
+    }
+
+    /// Takes a merged-away layer out of the chain.
+    pub fn remove_layer(&mut self, id: crate::LayerId) {
+        if self.layers.iter().any(|l| l.id == id) {
+            self.layers.retain(|l| l.id != id);
+            self.resolver = OnceLock::new();
+        }
+    }
+
+    fn resolver(&self) -> Option<&Resolver> {
+        self.resolver
+            .get_or_init(|| Resolver::build(&self.layers, 1, self.size))
+            .as_ref()
+    }
+
+    fn read(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        read_chain(&self.layers, self.resolver(), buf, offset)
+    }
 }
 
 #[derive(Debug)]
@@ -44,6 +81,7 @@ impl Volume {
             state: RwLock::new(VolumeState {
                 size,
                 layers,
+                resolver: OnceLock::new(),
                 deleted: false,
             }),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -58,7 +96,7 @@ impl Volume {
                 name: self.name.clone(),
             });
         }
-        if st.layers[0].failed() {
+        if st.head().failed() {
             return Err(StoreError::Failed {
                 name: self.name.clone(),
             });
@@ -79,15 +117,24 @@ impl Volume {
 
     pub fn flush(&self) -> Result<()> {
         let st = self.begin(0, 0)?;
-        st.layers[0]
-            .persist()
-            .map_err(|e| self.io_err("flushing", e))
+        st.head().persist().map_err(|e| self.io_err("flushing", e))
     }
 }
 
-/// Which layer a block comes from, and in what form.
-fn resolve(layers: &[Arc<Layer>], block: u32) -> (usize, BlockState) {
-    for (i, layer) in layers.iter().enumerate() {
+/// Which layer a block comes from, and in what form: the layers above the
+/// resolver's are asked one by one, the rest through the resolver.
+fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> (usize, BlockState) {
+    let scan_to = resolver.map_or(layers.len(), Resolver::first);
+    for (i, layer) in layers[..scan_to].iter().enumerate() {
+        let st = layer.state(block);
+        if st != BlockState::Absent {
+            return (i, st);
+        }
+    }
+    if let Some(found) = resolver.and_then(|r| r.lookup(layers, block)) {
+        return found;
+    }
+    for (i, layer) in layers.iter().enumerate().skip(scan_to) {
         let st = layer.state(block);
         if st != BlockState::Absent {
             return (i, st);
@@ -96,9 +143,11 @@ fn resolve(layers: &[Arc<Layer>], block: u32) -> (usize, BlockState) {
     (layers.len(), BlockState::Absent)
 }
 
-/// Reads `buf.len()` bytes at `offset` through a chain (bounds already checked).
-pub(crate) fn read_chain(
+/// Reads `buf.len()` bytes at `offset` through a chain (bounds already checked),
+/// one read per run of blocks that come from the same layer.
+fn read_chain(
     layers: &[Arc<Layer>],
+    resolver: Option<&Resolver>,
     buf: &mut [u8],
     offset: u64,
 ) -> std::io::Result<()> {
@@ -106,9 +155,9 @@ pub(crate) fn read_chain(
     let mut pos = offset;
     while pos < end {
         let block = (pos / BLOCK_SIZE) as u32;
-        let source = resolve(layers, block);
+        let source = resolve(layers, resolver, block);
         let mut next = u64::from(block) + 1;
-        while next * BLOCK_SIZE < end && resolve(layers, next as u32) == source {
+        while next * BLOCK_SIZE < end && resolve(layers, resolver, next as u32) == source {
             next += 1;
         }
         let run_end = end.min(next * BLOCK_SIZE);
@@ -157,7 +206,8 @@ impl VolumeHandle {
     /// Reads `buf.len()` bytes at any byte `offset`.
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let st = self.vol.begin(offset, buf.len() as u64)?;
-        read_chain(&st.layers, buf, offset).map_err(|e| self.vol.io_err("reading", e))
+        st.read(buf, offset)
+            .map_err(|e| self.vol.io_err("reading", e))
     }
 
     /// Writes `buf` at any byte `offset`; with `fua` it is durable on return.
@@ -195,7 +245,7 @@ impl VolumeHandle {
         };
         if full_start < full_end {
             let blocks = (full_start / BLOCK_SIZE) as u32..=((full_end / BLOCK_SIZE) - 1) as u32;
-            let head = &st.layers[0];
+            let head = &st.head();
             match part(full_start, full_end) {
                 Fill::Bytes(b) => {
                     head.write(b, full_start).map_err(io)?;
@@ -225,7 +275,7 @@ impl VolumeHandle {
             }
         }
         if fua {
-            st.layers[0]
+            st.head()
                 .persist()
                 .map_err(|e| self.vol.io_err("flushing", e))?;
         }
@@ -243,7 +293,7 @@ impl VolumeHandle {
         fill: Fill<'_>,
     ) -> std::io::Result<()> {
         let block = (offset / BLOCK_SIZE) as u32;
-        let head = &st.layers[0];
+        let head = &st.head();
         if head.state(block) == BlockState::Data {
             // Blocks never leave a map, so writing in place needs no lock.
             return match fill {
@@ -254,7 +304,7 @@ impl VolumeHandle {
         let _guard = self.vol.stripes[block as usize % STRIPES].lock();
         let start = u64::from(block) * BLOCK_SIZE;
         let mut buf = [0u8; BLOCK];
-        read_chain(&st.layers, &mut buf, start)?;
+        st.read(&mut buf, start)?;
         let at = (offset - start) as usize;
         let range = &mut buf[at..at + len as usize];
         match fill {
@@ -270,19 +320,33 @@ impl VolumeHandle {
 /// A read-only view of one volume of a snapshot.
 #[derive(Clone, Debug)]
 pub struct SnapshotReader {
-    pub(crate) layers: Vec<Arc<Layer>>,
-    pub(crate) size: u64,
+    layers: Vec<Arc<Layer>>,
+    size: u64,
+    resolver: Arc<OnceLock<Option<Resolver>>>,
 }
 
 impl SnapshotReader {
+    pub(crate) fn new(layers: Vec<Arc<Layer>>, size: u64) -> SnapshotReader {
+        SnapshotReader {
+            layers,
+            size,
+            resolver: Arc::default(),
+        }
+    }
+
     pub fn size(&self) -> u64 {
         self.size
     }
 
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         match offset.checked_add(buf.len() as u64) {
-            Some(end) if end <= self.size => read_chain(&self.layers, buf, offset)
-                .map_err(|e| StoreError::io("reading", "snapshot", e)),
+            Some(end) if end <= self.size => {
+                let resolver = self
+                    .resolver
+                    .get_or_init(|| Resolver::build(&self.layers, 0, self.size));
+                read_chain(&self.layers, resolver.as_ref(), buf, offset)
+                    .map_err(|e| StoreError::io("reading", "snapshot", e))
+            }
             _ => Err(StoreError::OutOfRange {
                 offset,
                 len: buf.len() as u64,

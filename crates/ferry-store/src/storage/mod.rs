@@ -14,6 +14,8 @@ mod mem;
 pub use fault::{FaultMode, FaultStorage};
 pub use fs::FsStorage;
 pub use mem::MemStorage;
+#[cfg(test)]
+pub(crate) use mem::splitmix as splitmix_for_tests;
 
 use std::fmt::Debug;
 use std::io;
