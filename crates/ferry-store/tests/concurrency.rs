@@ -61,7 +61,7 @@ fn concurrent_partial_and_whole_writes_with_snapshots_and_merges() {
                 let mut rng = t + 1;
                 for i in 0..OPS {
                     let fill = (i as u8).wrapping_mul(7).wrapping_add(t as u8 * 50 + 1);
-                    if next(&mut rng) % 2 == 0 {
+                    if next(&mut rng).is_multiple_of(2) {
                         let sectors = SHARED_BLOCKS * 4096 / SECTOR / THREADS;
                         let s = (next(&mut rng) % sectors) * THREADS + t;
                         let off = s * SECTOR;
@@ -73,7 +73,7 @@ fn concurrent_partial_and_whole_writes_with_snapshots_and_merges() {
                         let b = BLOCKS / 2 + (next(&mut rng) % blocks) * THREADS + t;
                         let off = b * 4096;
                         let r = off as usize..(off + 4096) as usize;
-                        if next(&mut rng) % 5 == 0 {
+                        if next(&mut rng).is_multiple_of(5) {
                             v.write_zeroes(off, 4096, false).unwrap();
                             model[r].fill(0);
                         } else {
