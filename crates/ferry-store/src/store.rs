@@ -56,8 +56,10 @@ pub struct VolumeInfo {
     pub id: VolumeId,
     pub name: String,
     pub size: u64,
-    /// The group and slot holding the volume, if any.
-    pub group: Option<(String, String)>,
+    /// The group holding the volume, if any.
+    pub group: Option<String>,
+    /// The volume's slot in that group.
+    pub slot: Option<String>,
     /// Creation time, nanoseconds since the Unix epoch.
     pub created: u64,
 }
@@ -385,9 +387,8 @@ impl Store {
             id: r.id,
             name: r.name.clone(),
             size: r.size,
-            group: state
-                .group_of(r.id)
-                .map(|(g, slot)| (g.name.clone(), slot.to_owned())),
+            group: state.group_of(r.id).map(|(g, _)| g.name.clone()),
+            slot: state.group_of(r.id).map(|(_, slot)| slot.to_owned()),
             created: r.created,
         }
     }

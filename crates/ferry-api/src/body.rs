@@ -1,0 +1,54 @@
+//! Request bodies: JSON parsed with errors that name the offending field.
+
+use axum::extract::{FromRequest, Request};
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// A JSON request body; a body that does not parse is a 400 naming the field.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY)
+            .await
+            .map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de)
+            .map(JsonBody)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                let mut err = ApiError::bad_request(format!("invalid request body: {}", e.inner()));
+                if field != "." {
+                    err = err.field(field);
+                } else if let Some(f) = missing_field(&e.inner().to_string()) {
+                    err = err.field(f);
+                }
+                err
+            })
+    }
+}
+
+fn missing_field(msg: &str) -> Option<String> {
+    let rest = msg.strip_prefix("missing field `")?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+/// A size as JSON: a string like `"10G"` or a whole number of bytes.
+pub fn size(v: &serde_json::Value) -> Result<u64, ApiError> {
+    let text = match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Number(n) if n.is_u64() => n.to_string(),
+        other => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_size",
+                format!("invalid size {other}: give a number of bytes or a string like \"10G\""),
+            )
+            .field("size"));
+        }
+    };
+    ferry_store::parse_size(&text).map_err(ApiError::from)
+}

@@ -1,0 +1,134 @@
+//! The API's one error type: a stable code, a message naming the offending
+//! field, and the HTTP status. Bad input is always a 4xx.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use ferry_store::StoreError;
+use serde::Serialize;
+
+/// An error as the API returns it: `{"error": {"code", "message", "field"}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Inner<'a>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer TOKEN)",
+        )
+    }
+
+    pub fn forbidden(action: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("your role may not {action}"),
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Inner {
+                code: self.code,
+                message: &self.message,
+                field: self.field.as_deref(),
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        use StatusCode as S;
+        let message = e.to_string();
+        let (status, code, field) = match &e {
+            StoreError::InvalidName { kind, .. } => {
+                (S::BAD_REQUEST, "invalid_name", Some(field_of(kind)))
+            }
+            StoreError::InvalidSize { .. } => {
+                (S::BAD_REQUEST, "invalid_size", Some("size".to_owned()))
+            }
+            StoreError::NotFound { kind, .. } => (S::NOT_FOUND, "not_found", Some(field_of(kind))),
+            StoreError::AlreadyExists { kind, .. } => {
+                (S::CONFLICT, "already_exists", Some(field_of(kind)))
+            }
+            StoreError::InUse { .. } => (S::CONFLICT, "in_use", None),
+            StoreError::Invalid(_) => (S::BAD_REQUEST, "invalid", None),
+            StoreError::OutOfRange { .. } => (S::BAD_REQUEST, "out_of_range", None),
+            StoreError::Shrink { .. } => (S::BAD_REQUEST, "cannot_shrink", Some("size".to_owned())),
+            StoreError::NotAncestor { .. } => (S::BAD_REQUEST, "not_ancestor", None),
+            StoreError::Deleted { .. } => (S::NOT_FOUND, "not_found", None),
+            StoreError::Failed { .. } => (S::SERVICE_UNAVAILABLE, "volume_failed", None),
+            StoreError::Locked { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Io { .. }
+            | StoreError::Catalog { .. } => {
+                tracing::error!(error = ?e, "storage error");
+                (S::INTERNAL_SERVER_ERROR, "storage", None)
+            }
+        };
+        ApiError {
+            status,
+            code,
+            message,
+            field,
+        }
+    }
+}
+
+fn field_of(kind: &str) -> String {
+    match kind {
+        "tag key" => "tags".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

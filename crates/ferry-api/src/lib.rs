@@ -1,0 +1,196 @@
+//! ferry's HTTP API: JSON under `/v1/`, bearer tokens, roles, and an audit
+//! record for every mutating request.
+//!
+//! Every endpoint is declared once in [`routes::table`] with the privilege it
+//! needs next to its handler; [`router`] builds the axum router from that
+//! table and wraps every route in [`guard`], which authenticates, authorizes,
+//! and appends the audit record — allowed or denied. Handlers call the
+//! synchronous engine on the blocking pool.
+//!
+//! What it must not do: touch disks other than through `ferry-store`, or
+//! answer a 5xx for bad input.
+
+pub mod audit;
+pub mod auth;
+mod body;
+pub mod error;
+pub mod routes;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use audit::AuditLog;
+pub use auth::{Auth, Principal, Privilege, Role};
+pub use error::{ApiError, ApiResult};
+pub use routes::RouteInfo;
+
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// What every handler can reach.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: ferry_store::Store,
+    auth: Auth,
+    audit: AuditLog,
+    routes: HashMap<(Method, &'static str), RouteInfo>,
+}
+
+impl AppState {
+    pub fn new(store: ferry_store::Store, auth: Auth, audit: AuditLog) -> AppState {
+        let routes = routes::table()
+            .into_iter()
+            .map(|r| ((r.method.clone(), r.path), r))
+            .collect();
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                auth,
+                audit,
+                routes,
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &ferry_store::Store {
+        &self.inner.store
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.inner.auth
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.inner.audit
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let mut by_path: Vec<(&'static str, axum::routing::MethodRouter<AppState>)> = Vec::new();
+    for route in routes::table() {
+        match by_path.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, mr)) => *mr = std::mem::take(mr).merge(route.handler),
+            None => by_path.push((route.path, route.handler)),
+        }
+    }
+    let mut r = Router::new();
+    for (path, mr) in by_path {
+        r = r.route(path, mr);
+    }
+    r.route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+/// Marks what a mutating request acted on, for its audit record.
+#[derive(Clone, Debug)]
+pub struct AuditObject(pub String);
+
+/// Authenticates, authorizes and audits one request.
+async fn guard(
+    State(state): State<AppState>,
+    matched: MatchedPath,
+    req: Request,
+    next: Next,
+) -> Response {
+    let method = req.method().clone();
+    let Some(route) = state
+        .inner
+        .routes
+        .get(&(method.clone(), matched.as_str()))
+        .cloned()
+    else {
+        return ApiError::internal("route without a declaration").into_response();
+    };
+    let mutating = !matches!(method, Method::GET | Method::HEAD);
+    let principal = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|t| state.auth().authenticate(t.trim()));
+    let path = req.uri().path().to_owned();
+    let (req, object) = if mutating {
+        match named_object(req, &path).await {
+            Ok(x) => x,
+            Err(resp) => return resp,
+        }
+    } else {
+        (req, path.clone())
+    };
+    let record = |actor: &str, outcome: &str, status: u16| {
+        if mutating
+            && let Err(e) = state
+                .audit()
+                .append(actor, route.action, &object, outcome, status)
+        {
+            tracing::error!(error = %e, "appending to the audit log failed");
+        }
+    };
+    let Some(principal) = principal else {
+        let err = ApiError::unauthorized();
+        record("anonymous", "denied", err.status.as_u16());
+        return err.into_response();
+    };
+    if !principal.role.allows(route.privilege) {
+        let err = ApiError::forbidden(route.action);
+        record(&principal.user, "denied", err.status.as_u16());
+        return err.into_response();
+    }
+    let actor = principal.user.clone();
+    let mut req = req;
+    req.extensions_mut().insert(principal);
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let outcome = if status.is_success() {
+        "allowed"
+    } else if status == axum::http::StatusCode::FORBIDDEN
+        || status == axum::http::StatusCode::NOT_FOUND
+    {
+        // scoped users get 404 for groups they may not see
+        "denied"
+    } else {
+        "failed"
+    };
+    record(&actor, outcome, status.as_u16());
+    resp
+}
+
+/// The object a mutating request names: its path, plus the `name` of a JSON
+/// body when it has one. Buffers the body (at most [`MAX_BODY`]).
+async fn named_object(req: Request, path: &str) -> Result<(Request, String), Response> {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is larger than {MAX_BODY} bytes"),
+            )
+            .into_response());
+        }
+    };
+    let name = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("name").and_then(|n| n.as_str()).map(str::to_owned));
+    let object = match name {
+        Some(n) => format!("{}/{}", path.trim_end_matches('/'), n),
+        None => path.to_owned(),
+    };
+    Ok((
+        Request::from_parts(parts, axum::body::Body::from(bytes)),
+        object,
+    ))
+}

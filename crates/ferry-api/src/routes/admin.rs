@@ -1,0 +1,128 @@
+//! Users, tokens and the audit log.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::blocking;
+use crate::audit::{Record, Verdict};
+use crate::auth::{AuthError, Grant, Role, TokenInfo, User};
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::{AppState, error::ApiResult};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUser {
+    name: String,
+    role: Role,
+    /// Tags as `key=value`; a user with role `user` sees groups holding any of them.
+    #[serde(default)]
+    grants: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct NewToken {
+    #[serde(flatten)]
+    info: TokenInfo,
+    /// The secret, shown this once.
+    token: String,
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> ApiError {
+        match e {
+            AuthError::UserExists(_) => {
+                ApiError::new(StatusCode::CONFLICT, "already_exists", e.to_string()).field("name")
+            }
+            AuthError::NoUser(_) => ApiError::not_found(e.to_string()).field("user"),
+            AuthError::NoToken(_) => ApiError::not_found(e.to_string()).field("id"),
+            AuthError::Io(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+fn io(e: std::io::Error) -> ApiError {
+    ApiError::internal(format!("reading the audit log: {e}"))
+}
+
+pub async fn audit_list(State(st): State<AppState>) -> ApiResult<Json<Vec<Record>>> {
+    blocking(move || st.audit().list().map(Json).map_err(io)).await
+}
+
+pub async fn audit_verify(State(st): State<AppState>) -> ApiResult<Json<Verdict>> {
+    blocking(move || st.audit().verify().map(Json).map_err(io)).await
+}
+
+pub async fn user_list(State(st): State<AppState>) -> ApiResult<Json<Vec<User>>> {
+    Ok(Json(st.auth().list_users()))
+}
+
+pub async fn user_create(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<CreateUser>,
+) -> ApiResult<(StatusCode, Json<User>)> {
+    ferry_store::validate_name("user", &req.name)?;
+    let mut grants = Vec::new();
+    for g in &req.grants {
+        let Some((key, value)) = g.split_once('=') else {
+            return Err(
+                ApiError::bad_request(format!("grant {g:?} must look like key=value"))
+                    .field("grants"),
+            );
+        };
+        ferry_store::validate_name("tag key", key)
+            .map_err(|e| ApiError::from(e).field("grants"))?;
+        grants.push(Grant {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        });
+    }
+    blocking(move || {
+        let user = st.auth().create_user(User {
+            name: req.name,
+            role: req.role,
+            grants,
+        })?;
+        Ok((StatusCode::CREATED, Json(user)))
+    })
+    .await
+}
+
+pub async fn user_delete(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    blocking(move || {
+        st.auth().delete_user(&name)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub async fn token_create(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<(StatusCode, Json<NewToken>)> {
+    blocking(move || {
+        let (info, token) = st.auth().create_token(&name)?;
+        Ok((StatusCode::CREATED, Json(NewToken { info, token })))
+    })
+    .await
+}
+
+pub async fn token_list(State(st): State<AppState>) -> ApiResult<Json<Vec<TokenInfo>>> {
+    Ok(Json(st.auth().list_tokens()))
+}
+
+pub async fn token_delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    blocking(move || {
+        st.auth().delete_token(&id)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}

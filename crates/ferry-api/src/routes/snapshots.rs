@@ -1,0 +1,191 @@
+//! Snapshots of groups, diffs, clones and sync.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use ferry_store::{BLOCK_SIZE, DiffEnd, GroupInfo, SnapshotInfo, SnapshotKind, SyncReport, Target};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::blocking;
+use super::groups::visible;
+use crate::auth::Principal;
+use crate::body::JsonBody;
+use crate::error::ApiError;
+use crate::{AppState, error::ApiResult};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    name: String,
+    #[serde(default)]
+    kind: SnapshotKind,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CloneRequest {
+    /// The new group's name.
+    #[serde(rename = "as")]
+    new_group: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncRequest {
+    /// `GROUP@SNAPSHOT`
+    source: String,
+    target: String,
+    slots: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    from: String,
+    /// A snapshot name, or `live` (the default) for the volumes as they are.
+    #[serde(default)]
+    to: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct SlotDiff {
+    blocks: u64,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+pub struct DiffSummary {
+    from: String,
+    to: String,
+    slots: BTreeMap<String, SlotDiff>,
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(group): Path<String>,
+) -> ApiResult<Json<Vec<SnapshotInfo>>> {
+    blocking(move || {
+        visible(st.store(), &who, &group)?;
+        Ok(Json(st.store().list_snapshots(Target::Group(&group))?))
+    })
+    .await
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<CreateSnapshot>,
+) -> ApiResult<(StatusCode, Json<SnapshotInfo>)> {
+    blocking(move || {
+        visible(st.store(), &who, &group)?;
+        let s = st
+            .store()
+            .create_snapshot(Target::Group(&group), &req.name, req.kind)?;
+        Ok((StatusCode::CREATED, Json(s)))
+    })
+    .await
+}
+
+pub async fn get(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((group, snap)): Path<(String, String)>,
+) -> ApiResult<Json<SnapshotInfo>> {
+    blocking(move || {
+        visible(st.store(), &who, &group)?;
+        Ok(Json(st.store().snapshot(Target::Group(&group), &snap)?))
+    })
+    .await
+}
+
+pub async fn delete(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((group, snap)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    blocking(move || {
+        visible(st.store(), &who, &group)?;
+        st.store().delete_snapshot(Target::Group(&group), &snap)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub async fn diff(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(group): Path<String>,
+    Query(q): Query<DiffQuery>,
+) -> ApiResult<Json<DiffSummary>> {
+    blocking(move || {
+        visible(st.store(), &who, &group)?;
+        let to = q.to.clone().unwrap_or_else(|| "live".to_owned());
+        let end = if to == "live" {
+            DiffEnd::Live
+        } else {
+            DiffEnd::Snapshot(&to)
+        };
+        let sets = st.store().diff(Target::Group(&group), &q.from, end)?;
+        let slots = sets
+            .into_iter()
+            .map(|(slot, set)| {
+                (
+                    slot,
+                    SlotDiff {
+                        blocks: set.len(),
+                        bytes: set.len() * BLOCK_SIZE,
+                    },
+                )
+            })
+            .collect();
+        Ok(Json(DiffSummary {
+            from: q.from,
+            to,
+            slots,
+        }))
+    })
+    .await
+}
+
+pub async fn clone(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((group, snap)): Path<(String, String)>,
+    JsonBody(req): JsonBody<CloneRequest>,
+) -> ApiResult<(StatusCode, Json<GroupInfo>)> {
+    blocking(move || {
+        visible(st.store(), &who, &group)?;
+        let g = st.store().clone_group(&group, &snap, &req.new_group)?;
+        Ok((StatusCode::CREATED, Json(g)))
+    })
+    .await
+}
+
+/// Splits `GROUP@SNAPSHOT`.
+pub(crate) fn split_ref<'a>(field: &str, s: &'a str) -> ApiResult<(&'a str, &'a str)> {
+    match s.split_once('@') {
+        Some((g, n)) if !g.is_empty() && !n.is_empty() => Ok((g, n)),
+        _ => Err(ApiError::bad_request(format!(
+            "{field} must look like GROUP@SNAPSHOT, not {s:?}"
+        ))
+        .field(field)),
+    }
+}
+
+pub async fn sync(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    JsonBody(req): JsonBody<SyncRequest>,
+) -> ApiResult<Json<SyncReport>> {
+    blocking(move || {
+        let (group, snap) = split_ref("source", &req.source)?;
+        visible(st.store(), &who, group)?;
+        visible(st.store(), &who, &req.target)?;
+        let slots: Vec<&str> = req.slots.iter().map(String::as_str).collect();
+        Ok(Json(st.store().sync(group, snap, &req.target, &slots)?))
+    })
+    .await
+}

@@ -1,0 +1,85 @@
+//! Volumes and space.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use ferry_store::{SpaceInfo, VolumeInfo};
+use serde::Deserialize;
+
+use super::blocking;
+use crate::body::{JsonBody, size};
+use crate::{AppState, error::ApiResult};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolume {
+    name: String,
+    size: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrowVolume {
+    size: serde_json::Value,
+}
+
+pub async fn list(State(st): State<AppState>) -> ApiResult<Json<Vec<VolumeInfo>>> {
+    blocking(move || Ok(Json(st.store().list_volumes()))).await
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<CreateVolume>,
+) -> ApiResult<(StatusCode, Json<VolumeInfo>)> {
+    ferry_store::validate_name("volume", &req.name)?;
+    let bytes = size(&req.size)?;
+    blocking(move || {
+        Ok((
+            StatusCode::CREATED,
+            Json(st.store().create_volume(&req.name, bytes)?),
+        ))
+    })
+    .await
+}
+
+pub async fn get(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<VolumeInfo>> {
+    blocking(move || {
+        st.store()
+            .list_volumes()
+            .into_iter()
+            .find(|v| v.name == name)
+            .map(Json)
+            .ok_or_else(|| {
+                ferry_store::StoreError::NotFound {
+                    kind: "volume",
+                    name,
+                }
+                .into()
+            })
+    })
+    .await
+}
+
+pub async fn grow(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<GrowVolume>,
+) -> ApiResult<Json<VolumeInfo>> {
+    let bytes = size(&req.size)?;
+    blocking(move || Ok(Json(st.store().grow_volume(&name, bytes)?))).await
+}
+
+pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
+    blocking(move || {
+        st.store().delete_volume(&name)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub async fn space(State(st): State<AppState>) -> ApiResult<Json<Vec<SpaceInfo>>> {
+    blocking(move || Ok(Json(st.store().space()))).await
+}

@@ -1,0 +1,509 @@
+//! `ferry`: the command line. Noun, then verb; every command is one or a few
+//! calls of ferryd's HTTP API.
+//!
+//! Exit codes: 0 success, 1 any other error, 2 bad usage, 3 not found,
+//! 4 conflict (exists or in use), 5 not allowed (no or bad token, role),
+//! 6 server unreachable, 7 audit verification failed.
+
+mod client;
+mod output;
+
+use anyhow::{Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use client::{Client, Failure};
+use output::{print_list, print_object};
+
+const EXIT_CODES: &str = "Exit codes: 0 success, 1 other error, 2 bad usage, 3 not found, \
+4 conflict (already exists or in use), 5 not allowed (token or role), 6 server unreachable, \
+7 audit verification failed.";
+
+/// ferry: block storage for VMs with disaster recovery built in.
+#[derive(Parser, Debug)]
+#[command(version, about, after_help = EXIT_CODES)]
+struct Cli {
+    /// Server URL [env: FERRY_SERVER] [default: http://127.0.0.1:7410]
+    #[arg(long, global = true, env = "FERRY_SERVER", hide_env = true)]
+    server: Option<String>,
+    /// API token [env: FERRY_TOKEN]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_TOKEN",
+        hide_env_values = true,
+        hide_env = true
+    )]
+    token: Option<String>,
+    /// File holding the API token [env: FERRY_TOKEN_FILE] [default: ./ferry-data/admin.token when present]
+    #[arg(long, global = true, env = "FERRY_TOKEN_FILE", hide_env = true)]
+    token_file: Option<String>,
+    /// Output format
+    #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Virtual disks
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// The disks of one VM as named slots
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Points in time of a whole group
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Clone a snapshot into a new group: `ferry clone GROUP@SNAP --as NEWGROUP`
+    Clone(CloneArgs),
+    /// Replace slots of a group by clones of a snapshot, keeping an undo snapshot
+    Sync(SyncArgs),
+    /// Space used per volume
+    Space,
+    /// The tamper-evident record of every change
+    #[command(subcommand)]
+    Audit(AuditCmd),
+    /// Users and their roles
+    #[command(subcommand)]
+    User(UserCmd),
+    /// API tokens
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum VolumeCmd {
+    /// Create a volume: `ferry volume create NAME --size 10G`
+    Create {
+        name: String,
+        /// 10G, 512M, 1T or bytes
+        #[arg(long, allow_hyphen_values = true)]
+        size: String,
+    },
+    /// List volumes
+    List,
+    /// Show one volume
+    Show { name: String },
+    /// Make a volume larger
+    Grow {
+        name: String,
+        /// The new size: 20G, 1T or bytes
+        #[arg(long, allow_hyphen_values = true)]
+        size: String,
+    },
+    /// Delete a volume (not while it is in a group)
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum GroupCmd {
+    /// Create a group: `ferry group create NAME --slot SLOT=VOLUME ...`
+    Create {
+        name: String,
+        /// SLOT=VOLUME, repeatable
+        #[arg(long = "slot", value_name = "SLOT=VOLUME")]
+        slots: Vec<String>,
+        /// KEY=VALUE, repeatable
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// List groups
+    List,
+    /// Show one group
+    Show { name: String },
+    /// Delete a group (its volumes stay)
+    Delete { name: String },
+    /// Replace a group's tags: `ferry group tag NAME KEY=VALUE ...`
+    Tag {
+        name: String,
+        #[arg(value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+    },
+    /// Put a volume into a slot: `ferry group slot-set GROUP SLOT VOLUME`
+    SlotSet {
+        name: String,
+        slot: String,
+        volume: String,
+    },
+    /// Take a slot out of a group (its volume stays)
+    SlotRemove { name: String, slot: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapshotCmd {
+    /// Snapshot a group: `ferry snapshot create GROUP --name SNAP`
+    Create {
+        group: String,
+        #[arg(long)]
+        name: String,
+        /// crash or app
+        #[arg(long, default_value = "crash")]
+        kind: String,
+    },
+    /// List a group's snapshots
+    List { group: String },
+    /// Show one snapshot: GROUP@SNAP
+    Show { snapshot: String },
+    /// Delete a snapshot: GROUP@SNAP
+    Delete { snapshot: String },
+    /// Blocks changed between GROUP@A and GROUP@B (or GROUP@live)
+    Diff { from: String, to: String },
+}
+
+#[derive(Args, Debug)]
+struct CloneArgs {
+    /// GROUP@SNAP
+    snapshot: String,
+    /// Name of the new group
+    #[arg(long = "as", value_name = "NEWGROUP")]
+    new_group: String,
+}
+
+#[derive(Args, Debug)]
+struct SyncArgs {
+    /// GROUP@SNAP to copy from
+    #[arg(required_unless_present = "mappings")]
+    snapshot: Option<String>,
+    /// The group whose slots are replaced
+    #[arg(long, required_unless_present = "mappings")]
+    to: Option<String>,
+    /// Slots to replace, comma-separated
+    #[arg(long, value_delimiter = ',', required_unless_present = "mappings")]
+    slots: Vec<String>,
+    /// JSON file: a list of {"source": "GROUP@SNAP", "target": "GROUP", "slots": [...]}
+    #[arg(long, conflicts_with_all = ["snapshot", "to", "slots"])]
+    mappings: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// List audit records
+    List,
+    /// Check the hash chain; fails naming the first bad record
+    Verify,
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Create a user: `ferry user create NAME --role admin|operator|user [--grant KEY=VALUE]`
+    Create {
+        name: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long = "grant", value_name = "KEY=VALUE")]
+        grants: Vec<String>,
+    },
+    /// List users
+    List,
+    /// Delete a user and its tokens
+    Delete { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Make a token for a user (the secret is shown once)
+    Create { user: String },
+    /// List tokens
+    List,
+    /// Revoke a token
+    Delete { id: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("starting the runtime");
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = e.downcast_ref::<Failure>().map_or(1, Failure::exit_code);
+            eprintln!("error: {e:#}");
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+fn split_ref(s: &str) -> Result<(&str, &str)> {
+    match s.split_once('@') {
+        Some((g, n)) if !g.is_empty() && !n.is_empty() => Ok((g, n)),
+        _ => bail!("{s:?} must look like GROUP@SNAPSHOT"),
+    }
+}
+
+fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!(
+                "{what} {item:?} must look like {}",
+                if what == "slot" {
+                    "SLOT=VOLUME"
+                } else {
+                    "KEY=VALUE"
+                }
+            );
+        };
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    Ok(out)
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let client = Client::new(
+        cli.server.as_deref(),
+        cli.token.as_deref(),
+        cli.token_file.as_deref(),
+    )?;
+    let out = cli.output;
+    match cli.command {
+        Command::Volume(cmd) => match cmd {
+            VolumeCmd::Create { name, size } => {
+                let v = client
+                    .post("/v1/volumes", &json!({"name": name, "size": size}))
+                    .await?;
+                print_object(out, &v, &["name", "size", "group", "slot"]);
+            }
+            VolumeCmd::List => print_list(
+                out,
+                &client.get("/v1/volumes").await?,
+                &["name", "size", "group", "slot"],
+            ),
+            VolumeCmd::Show { name } => print_object(
+                out,
+                &client.get(&format!("/v1/volumes/{name}")).await?,
+                &["name", "size", "group", "slot", "created"],
+            ),
+            VolumeCmd::Grow { name, size } => {
+                let v = client
+                    .post(&format!("/v1/volumes/{name}/grow"), &json!({"size": size}))
+                    .await?;
+                print_object(out, &v, &["name", "size"]);
+            }
+            VolumeCmd::Delete { name } => {
+                client.delete(&format!("/v1/volumes/{name}")).await?;
+                output::done(out, &format!("deleted volume {name}"));
+            }
+        },
+        Command::Group(cmd) => match cmd {
+            GroupCmd::Create { name, slots, tags } => {
+                let body = json!({"name": name, "slots": pairs(&slots, "slot")?, "tags": pairs(&tags, "tag")?});
+                print_object(
+                    out,
+                    &client.post("/v1/groups", &body).await?,
+                    &["name", "slots", "tags"],
+                );
+            }
+            GroupCmd::List => print_list(
+                out,
+                &client.get("/v1/groups").await?,
+                &["name", "slots", "tags"],
+            ),
+            GroupCmd::Show { name } => print_object(
+                out,
+                &client.get(&format!("/v1/groups/{name}")).await?,
+                &["name", "slots", "tags", "created"],
+            ),
+            GroupCmd::Delete { name } => {
+                client.delete(&format!("/v1/groups/{name}")).await?;
+                output::done(out, &format!("deleted group {name}"));
+            }
+            GroupCmd::Tag { name, tags } => {
+                let body = serde_json::to_value(pairs(&tags, "tag")?)?;
+                print_object(
+                    out,
+                    &client
+                        .put(&format!("/v1/groups/{name}/tags"), &body)
+                        .await?,
+                    &["name", "tags"],
+                );
+            }
+            GroupCmd::SlotSet { name, slot, volume } => {
+                let v = client
+                    .put(
+                        &format!("/v1/groups/{name}/slots/{slot}"),
+                        &json!({"volume": volume}),
+                    )
+                    .await?;
+                print_object(out, &v, &["name", "slots"]);
+            }
+            GroupCmd::SlotRemove { name, slot } => {
+                let v = client
+                    .delete(&format!("/v1/groups/{name}/slots/{slot}"))
+                    .await?;
+                print_object(out, &v, &["name", "slots"]);
+            }
+        },
+        Command::Snapshot(cmd) => match cmd {
+            SnapshotCmd::Create { group, name, kind } => {
+                let v = client
+                    .post(
+                        &format!("/v1/groups/{group}/snapshots"),
+                        &json!({"name": name, "kind": kind}),
+                    )
+                    .await?;
+                print_object(out, &v, &["name", "owner", "kind", "created", "members"]);
+            }
+            SnapshotCmd::List { group } => {
+                let v = client.get(&format!("/v1/groups/{group}/snapshots")).await?;
+                print_list(out, &v, &["name", "kind", "created", "members"]);
+            }
+            SnapshotCmd::Show { snapshot } => {
+                let (g, s) = split_ref(&snapshot)?;
+                let v = client.get(&format!("/v1/groups/{g}/snapshots/{s}")).await?;
+                print_object(out, &v, &["name", "owner", "kind", "created", "members"]);
+            }
+            SnapshotCmd::Delete { snapshot } => {
+                let (g, s) = split_ref(&snapshot)?;
+                client
+                    .delete(&format!("/v1/groups/{g}/snapshots/{s}"))
+                    .await?;
+                output::done(out, &format!("deleted snapshot {snapshot}"));
+            }
+            SnapshotCmd::Diff { from, to } => {
+                let (g, a) = split_ref(&from)?;
+                let (g2, b) = split_ref(&to)?;
+                if g != g2 {
+                    bail!("both snapshots must be of the same group ({g} and {g2} differ)");
+                }
+                let v = client
+                    .get(&format!("/v1/groups/{g}/diff?from={a}&to={b}"))
+                    .await?;
+                output::print_diff(out, &v);
+            }
+        },
+        Command::Clone(a) => {
+            let (g, s) = split_ref(&a.snapshot)?;
+            let v = client
+                .post(
+                    &format!("/v1/groups/{g}/snapshots/{s}/clone"),
+                    &json!({"as": a.new_group}),
+                )
+                .await?;
+            print_object(out, &v, &["name", "slots"]);
+        }
+        Command::Sync(a) => {
+            let jobs: Vec<Value> = match &a.mappings {
+                Some(file) => {
+                    let text = std::fs::read_to_string(file)
+                        .map_err(|e| anyhow::anyhow!("reading {file}: {e}"))?;
+                    let list: Value = serde_json::from_str(&text)
+                        .map_err(|e| anyhow::anyhow!("parsing {file}: {e}"))?;
+                    let Value::Array(items) = list else {
+                        bail!(
+                            "{file} must hold a JSON list of {{\"source\", \"target\", \"slots\"}} entries"
+                        );
+                    };
+                    items
+                }
+                None => vec![json!({
+                    "source": a.snapshot.clone().unwrap_or_default(),
+                    "target": a.to.clone().unwrap_or_default(),
+                    "slots": a.slots,
+                })],
+            };
+            let mut results = Vec::new();
+            for job in jobs {
+                let r = client.post("/v1/sync", &job).await?;
+                if out == Format::Table {
+                    println!(
+                        "synced {} into {} (slots {}); undo snapshot: {}",
+                        job["source"].as_str().unwrap_or("?"),
+                        job["target"].as_str().unwrap_or("?"),
+                        r["slots"].as_array().map_or(String::new(), |s| s
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")),
+                        r["undo_snapshot"].as_str().unwrap_or("?")
+                    );
+                }
+                results
+                    .push(json!({"source": job["source"], "target": job["target"], "result": r}));
+            }
+            if out == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            }
+        }
+        Command::Space => print_list(
+            out,
+            &client.get("/v1/space").await?,
+            &["volume", "logical", "allocated", "snapshot_only"],
+        ),
+        Command::Audit(cmd) => match cmd {
+            AuditCmd::List => print_list(
+                out,
+                &client.get("/v1/audit").await?,
+                &[
+                    "seq", "time_ms", "actor", "action", "object", "outcome", "status",
+                ],
+            ),
+            AuditCmd::Verify => {
+                let v = client.get("/v1/audit/verify").await?;
+                let ok = v["ok"].as_bool() == Some(true);
+                if out == Format::Json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else if ok {
+                    println!("audit log verified: {} records, chain intact", v["records"]);
+                } else {
+                    println!(
+                        "audit log BROKEN at line {} (record {}): {}",
+                        v["first_bad_line"],
+                        v["first_bad_seq"],
+                        v["problem"].as_str().unwrap_or("?")
+                    );
+                }
+                return Ok(if ok { 0 } else { 7 });
+            }
+        },
+        Command::User(cmd) => match cmd {
+            UserCmd::Create { name, role, grants } => {
+                let v = client
+                    .post(
+                        "/v1/users",
+                        &json!({"name": name, "role": role, "grants": grants}),
+                    )
+                    .await?;
+                print_object(out, &v, &["name", "role", "grants"]);
+            }
+            UserCmd::List => print_list(
+                out,
+                &client.get("/v1/users").await?,
+                &["name", "role", "grants"],
+            ),
+            UserCmd::Delete { name } => {
+                client.delete(&format!("/v1/users/{name}")).await?;
+                output::done(out, &format!("deleted user {name}"));
+            }
+        },
+        Command::Token(cmd) => match cmd {
+            TokenCmd::Create { user } => {
+                let v = client
+                    .post(&format!("/v1/users/{user}/tokens"), &json!({}))
+                    .await?;
+                print_object(out, &v, &["id", "user", "token"]);
+            }
+            TokenCmd::List => print_list(
+                out,
+                &client.get("/v1/tokens").await?,
+                &["id", "user", "created_ms"],
+            ),
+            TokenCmd::Delete { id } => {
+                client.delete(&format!("/v1/tokens/{id}")).await?;
+                output::done(out, &format!("revoked token {id}"));
+            }
+        },
+    }
+    Ok(0)
+}
