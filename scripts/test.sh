@@ -29,6 +29,8 @@ echo "== cargo fmt --check"
 cargo fmt --all --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
 echo "== tests (PROPTEST_CASES=$PROPTEST_CASES FERRY_CRASH_ROUNDS=$FERRY_CRASH_ROUNDS)"
 if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --locked --no-fail-fast
