@@ -5,7 +5,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-/// A JSON request body; a body that does not parse is a 400 naming the field.
+/// A JSON object as request body; a body that does not parse is a 400 naming
+/// the field.
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
@@ -15,13 +16,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = axum::body::to_bytes(req.into_body(), crate::MAX_BODY)
             .await
             .map_err(|_| ApiError::bad_request("the request body could not be read"))?;
+        // Every body of the API is an object; serde would also take a struct
+        // from a list (`["name", "1G"]`), which the API does not promise.
+        if let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace())
+            && *first != b'{'
+        {
+            return Err(ApiError::bad_request(
+                "invalid request body: expected a JSON object",
+            ));
+        }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de)
             .map(JsonBody)
             .map_err(|e| {
                 let field = e.path().to_string();
                 let mut err = ApiError::bad_request(format!("invalid request body: {}", e.inner()));
-                if field != "." {
+                // serde_path_to_error says "?" when the body broke off before any field
+                if field != "." && field != "?" {
                     err = err.field(field);
                 } else if let Some(f) = missing_field(&e.inner().to_string()) {
                     err = err.field(f);

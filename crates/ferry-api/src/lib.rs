@@ -105,13 +105,25 @@ async fn guard(
     next: Next,
 ) -> Response {
     let method = req.method().clone();
+    // axum answers HEAD with the GET handler; any other method the table does
+    // not declare for this path is the client's mistake, not a server error.
+    let declared = if method == Method::HEAD {
+        Method::GET
+    } else {
+        method.clone()
+    };
     let Some(route) = state
         .inner
         .routes
-        .get(&(method.clone(), matched.as_str()))
+        .get(&(declared, matched.as_str()))
         .cloned()
     else {
-        return ApiError::internal("route without a declaration").into_response();
+        return ApiError::new(
+            axum::http::StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("{method} is not allowed on {}", matched.as_str()),
+        )
+        .into_response();
     };
     let mutating = !matches!(method, Method::GET | Method::HEAD);
     let principal = req

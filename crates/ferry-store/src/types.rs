@@ -126,7 +126,7 @@ pub fn parse_size(input: &str) -> Result<u64, StoreError> {
         "t" | "tb" | "tib" => 40,
         _ => {
             return Err(bad(
-                "unknown unit; use K, M, G or T (powers of 1024) or plain bytes",
+                "has an unknown unit; use K, M, G or T (powers of 1024) or plain bytes",
             ));
         }
     };

@@ -242,6 +242,24 @@ fn split_ref(s: &str) -> Result<(&str, &str)> {
     }
 }
 
+/// One path segment (or query value) of a request: percent-encoded, so that
+/// a name holding `/`, `?`, `#` or `%` reaches the server as that name (and is
+/// refused there) instead of addressing another endpoint. `.` and `..` cannot
+/// be encoded (URLs resolve them), so they are refused here.
+fn seg(s: &str) -> Result<String> {
+    if s.is_empty() || s == "." || s == ".." {
+        bail!("{s:?} is not a valid name");
+    }
+    Ok(s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect())
+}
+
 fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items {
@@ -282,17 +300,22 @@ async fn run(cli: Cli) -> Result<i32> {
             ),
             VolumeCmd::Show { name } => print_object(
                 out,
-                &client.get(&format!("/v1/volumes/{name}")).await?,
+                &client.get(&format!("/v1/volumes/{}", seg(&name)?)).await?,
                 &["name", "size", "group", "slot", "created"],
             ),
             VolumeCmd::Grow { name, size } => {
                 let v = client
-                    .post(&format!("/v1/volumes/{name}/grow"), &json!({"size": size}))
+                    .post(
+                        &format!("/v1/volumes/{}/grow", seg(&name)?),
+                        &json!({"size": size}),
+                    )
                     .await?;
                 print_object(out, &v, &["name", "size"]);
             }
             VolumeCmd::Delete { name } => {
-                client.delete(&format!("/v1/volumes/{name}")).await?;
+                client
+                    .delete(&format!("/v1/volumes/{}", seg(&name)?))
+                    .await?;
                 output::done(out, &format!("deleted volume {name}"));
             }
         },
@@ -312,11 +335,13 @@ async fn run(cli: Cli) -> Result<i32> {
             ),
             GroupCmd::Show { name } => print_object(
                 out,
-                &client.get(&format!("/v1/groups/{name}")).await?,
+                &client.get(&format!("/v1/groups/{}", seg(&name)?)).await?,
                 &["name", "slots", "tags", "created"],
             ),
             GroupCmd::Delete { name } => {
-                client.delete(&format!("/v1/groups/{name}")).await?;
+                client
+                    .delete(&format!("/v1/groups/{}", seg(&name)?))
+                    .await?;
                 output::done(out, &format!("deleted group {name}"));
             }
             GroupCmd::Tag { name, tags } => {
@@ -324,7 +349,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 print_object(
                     out,
                     &client
-                        .put(&format!("/v1/groups/{name}/tags"), &body)
+                        .put(&format!("/v1/groups/{}/tags", seg(&name)?), &body)
                         .await?,
                     &["name", "tags"],
                 );
@@ -332,7 +357,7 @@ async fn run(cli: Cli) -> Result<i32> {
             GroupCmd::SlotSet { name, slot, volume } => {
                 let v = client
                     .put(
-                        &format!("/v1/groups/{name}/slots/{slot}"),
+                        &format!("/v1/groups/{}/slots/{}", seg(&name)?, seg(&slot)?),
                         &json!({"volume": volume}),
                     )
                     .await?;
@@ -340,7 +365,7 @@ async fn run(cli: Cli) -> Result<i32> {
             }
             GroupCmd::SlotRemove { name, slot } => {
                 let v = client
-                    .delete(&format!("/v1/groups/{name}/slots/{slot}"))
+                    .delete(&format!("/v1/groups/{}/slots/{}", seg(&name)?, seg(&slot)?))
                     .await?;
                 print_object(out, &v, &["name", "slots"]);
             }
@@ -349,25 +374,29 @@ async fn run(cli: Cli) -> Result<i32> {
             SnapshotCmd::Create { group, name, kind } => {
                 let v = client
                     .post(
-                        &format!("/v1/groups/{group}/snapshots"),
+                        &format!("/v1/groups/{}/snapshots", seg(&group)?),
                         &json!({"name": name, "kind": kind}),
                     )
                     .await?;
                 print_object(out, &v, &["name", "owner", "kind", "created", "members"]);
             }
             SnapshotCmd::List { group } => {
-                let v = client.get(&format!("/v1/groups/{group}/snapshots")).await?;
+                let v = client
+                    .get(&format!("/v1/groups/{}/snapshots", seg(&group)?))
+                    .await?;
                 print_list(out, &v, &["name", "kind", "created", "members"]);
             }
             SnapshotCmd::Show { snapshot } => {
                 let (g, s) = split_ref(&snapshot)?;
-                let v = client.get(&format!("/v1/groups/{g}/snapshots/{s}")).await?;
+                let v = client
+                    .get(&format!("/v1/groups/{}/snapshots/{}", seg(g)?, seg(s)?))
+                    .await?;
                 print_object(out, &v, &["name", "owner", "kind", "created", "members"]);
             }
             SnapshotCmd::Delete { snapshot } => {
                 let (g, s) = split_ref(&snapshot)?;
                 client
-                    .delete(&format!("/v1/groups/{g}/snapshots/{s}"))
+                    .delete(&format!("/v1/groups/{}/snapshots/{}", seg(g)?, seg(s)?))
                     .await?;
                 output::done(out, &format!("deleted snapshot {snapshot}"));
             }
@@ -378,7 +407,12 @@ async fn run(cli: Cli) -> Result<i32> {
                     bail!("both snapshots must be of the same group ({g} and {g2} differ)");
                 }
                 let v = client
-                    .get(&format!("/v1/groups/{g}/diff?from={a}&to={b}"))
+                    .get(&format!(
+                        "/v1/groups/{}/diff?from={}&to={}",
+                        seg(g)?,
+                        seg(a)?,
+                        seg(b)?
+                    ))
                     .await?;
                 output::print_diff(out, &v);
             }
@@ -387,7 +421,7 @@ async fn run(cli: Cli) -> Result<i32> {
             let (g, s) = split_ref(&a.snapshot)?;
             let v = client
                 .post(
-                    &format!("/v1/groups/{g}/snapshots/{s}/clone"),
+                    &format!("/v1/groups/{}/snapshots/{}/clone", seg(g)?, seg(s)?),
                     &json!({"as": a.new_group}),
                 )
                 .await?;
@@ -483,14 +517,14 @@ async fn run(cli: Cli) -> Result<i32> {
                 &["name", "role", "grants"],
             ),
             UserCmd::Delete { name } => {
-                client.delete(&format!("/v1/users/{name}")).await?;
+                client.delete(&format!("/v1/users/{}", seg(&name)?)).await?;
                 output::done(out, &format!("deleted user {name}"));
             }
         },
         Command::Token(cmd) => match cmd {
             TokenCmd::Create { user } => {
                 let v = client
-                    .post(&format!("/v1/users/{user}/tokens"), &json!({}))
+                    .post(&format!("/v1/users/{}/tokens", seg(&user)?), &json!({}))
                     .await?;
                 print_object(out, &v, &["id", "user", "token"]);
             }
@@ -500,7 +534,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 &["id", "user", "created_ms"],
             ),
             TokenCmd::Delete { id } => {
-                client.delete(&format!("/v1/tokens/{id}")).await?;
+                client.delete(&format!("/v1/tokens/{}", seg(&id)?)).await?;
                 output::done(out, &format!("revoked token {id}"));
             }
         },

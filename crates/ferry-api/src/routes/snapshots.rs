@@ -1,5 +1,6 @@
 //! Snapshots of groups, diffs, clones and sync.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -118,8 +119,10 @@ pub async fn diff(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(group): Path<String>,
-    Query(q): Query<DiffQuery>,
+    q: Result<Query<DiffQuery>, QueryRejection>,
 ) -> ApiResult<Json<DiffSummary>> {
+    // axum's own rejection is plain text; the API answers errors in JSON
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     blocking(move || {
         visible(st.store(), &who, &group)?;
         let to = q.to.clone().unwrap_or_else(|| "live".to_owned());
