@@ -6,10 +6,11 @@
 //! 6 server unreachable, 7 audit verification failed.
 
 mod client;
+mod context;
 mod output;
 
 use anyhow::{Result, bail};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -78,6 +79,26 @@ enum Command {
     /// API tokens
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Named sites (server and token file) to switch between
+    #[command(subcommand)]
+    Context(ContextCmd),
+    /// Print a shell completion script: `ferry completions bash > /etc/bash_completion.d/ferry`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ContextCmd {
+    /// Add (or replace) a context: `ferry context add dr --server URL --token-file F`
+    Add { name: String },
+    /// Make a context the current one
+    Use { name: String },
+    /// List contexts; the current one is marked
+    List,
+    /// Remove a context
+    Remove { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -278,13 +299,116 @@ fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-async fn run(cli: Cli) -> Result<i32> {
-    let client = Client::new(
-        cli.server.as_deref(),
-        cli.token.as_deref(),
-        cli.token_file.as_deref(),
-    )?;
+/// Commands that do not talk to a server.
+fn local(cli: &Cli) -> Result<bool> {
     let out = cli.output;
+    match &cli.command {
+        Command::Context(cmd) => {
+            let mut config = context::load()?;
+            match cmd {
+                ContextCmd::Add { name } => {
+                    let Some(server) = &cli.server else {
+                        bail!(
+                            "give the context's server: ferry context add {name} --server URL --token-file FILE"
+                        );
+                    };
+                    let token_file = &cli.token_file;
+                    if !server.starts_with("http://") && !server.starts_with("https://") {
+                        bail!(
+                            "--server must be a URL such as http://127.0.0.1:7410, not {server:?}"
+                        );
+                    }
+                    let token_file = match token_file {
+                        Some(f) => Some(
+                            std::fs::canonicalize(f)
+                                .map_err(|e| anyhow::anyhow!("token file {f}: {e}"))?
+                                .display()
+                                .to_string(),
+                        ),
+                        None => None,
+                    };
+                    config.contexts.insert(
+                        name.clone(),
+                        context::Site {
+                            server: server.clone(),
+                            token_file,
+                        },
+                    );
+                    context::save(&config)?;
+                    output::done(out, &format!("added context {name}"));
+                }
+                ContextCmd::Use { name } => {
+                    if !config.contexts.contains_key(name) {
+                        bail!("no context named {name:?}; `ferry context list` shows them");
+                    }
+                    config.current = Some(name.clone());
+                    context::save(&config)?;
+                    output::done(out, &format!("now using context {name}"));
+                }
+                ContextCmd::List => {
+                    let list: Vec<Value> = config
+                        .contexts
+                        .iter()
+                        .map(|(name, site)| {
+                            json!({
+                                "name": name,
+                                "current": config.current.as_deref() == Some(name.as_str()),
+                                "server": site.server,
+                                "token_file": site.token_file,
+                            })
+                        })
+                        .collect();
+                    print_list(
+                        out,
+                        &Value::Array(list),
+                        &["name", "current", "server", "token_file"],
+                    );
+                }
+                ContextCmd::Remove { name } => {
+                    if config.contexts.remove(name).is_none() {
+                        bail!("no context named {name:?}");
+                    }
+                    if config.current.as_deref() == Some(name.as_str()) {
+                        config.current = None;
+                    }
+                    context::save(&config)?;
+                    output::done(out, &format!("removed context {name}"));
+                }
+            }
+            Ok(true)
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+async fn run(cli: Cli) -> Result<i32> {
+    let out = cli.output;
+    if local(&cli)? {
+        return Ok(0);
+    }
+    // Flags and environment first, then the current context, then defaults.
+    let site = if cli.server.is_none() {
+        context::current()?
+    } else {
+        None
+    };
+    let server = cli
+        .server
+        .clone()
+        .or_else(|| site.as_ref().map(|s| s.server.clone()));
+    let token_file = cli
+        .token_file
+        .clone()
+        .or_else(|| site.as_ref().and_then(|s| s.token_file.clone()));
+    let client = Client::new(
+        server.as_deref(),
+        cli.token.as_deref(),
+        token_file.as_deref(),
+    )?;
     match cli.command {
         Command::Volume(cmd) => match cmd {
             VolumeCmd::Create { name, size } => {
@@ -521,6 +645,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 output::done(out, &format!("deleted user {name}"));
             }
         },
+        Command::Context(_) | Command::Completions { .. } => unreachable!("handled by local()"),
         Command::Token(cmd) => match cmd {
             TokenCmd::Create { user } => {
                 let v = client

@@ -169,6 +169,8 @@ impl Daemon {
         if let Some(dir) = self.data.parent() {
             // no ./ferry-data there, so the CLI never falls back to a token file
             c.current_dir(dir);
+            // and no context of the person running the tests applies
+            c.env("FERRY_CONFIG", dir.join("no-such-ferry-config.toml"));
         }
         c
     }
