@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The engine's speed goals, measured in one run against plain file I/O on the
+# same machine and data (see bench/README.md):
+#   1. snapshot / clone time of a 1 GiB vs a 1 TiB sparse volume (goal < 2x)
+#   2. diff time of 1 % changed blocks on a 64 GiB volume
+#   3. 4 KiB random read / write IOPS, engine vs pread/pwrite, with 0 and 32
+#      snapshots in the chain (goal >= 0.8x)
+#
+#   bash bench/engine.sh                      # full run (~12 GiB of disk, a few minutes)
+#   FERRY_BENCH_QUICK=1 bash bench/engine.sh  # smoke run with small sizes
+#   FERRY_BENCH_DIR=/mnt/fast bash bench/engine.sh   # work under another directory
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick="${FERRY_BENCH_QUICK:-0}"
+base="${FERRY_BENCH_DIR:-/tmp/ferry-bench}"
+
+echo "== ferry engine bench$([ "$quick" = 1 ] && echo ' (QUICK)')"
+cpu="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || true)"
+mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || true)"
+echo "machine: $(nproc) cores${cpu:+ ($cpu)}, ${mem:-? GiB} RAM, $(uname -sr)"
+dirty=""
+git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || dirty=" + uncommitted changes in the work tree"
+echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty"
+echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+
+mkdir -p "$base"
+if [ "$quick" = 1 ]; then need_gib=2; else need_gib=12; fi
+avail_kib="$(df -Pk "$base" | awk 'NR == 2 {print $4}')"
+echo "disk:    $((avail_kib / 1048576)) GiB free under $base ($(df -P "$base" | awk 'NR == 2 {print $1}')), ~$need_gib GiB needed"
+if [ "$avail_kib" -lt $((need_gib * 1048576)) ]; then
+    echo "too little free disk under $base: $((avail_kib / 1048576)) GiB, the bench needs ~$need_gib GiB;" \
+        "set FERRY_BENCH_DIR to a roomier directory or use FERRY_BENCH_QUICK=1" >&2
+    exit 1
+fi
+work="$(mktemp -d "$base/engine.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+echo "== build (release)"
+cargo bench -p ferry-store --bench engine --locked --no-run 2>&1 | grep -Ev '^\s*(Compiling|Blocking)' || true
+FERRY_BENCH_WORK="$work" cargo bench -p ferry-store --bench engine --locked -q
