@@ -10,7 +10,8 @@
 //!
 //! Run it with `bash bench/engine.sh` (or `cargo bench -p ferry-store --bench
 //! engine`). `FERRY_BENCH_QUICK=1` shrinks every size for a smoke run;
-//! `FERRY_BENCH_PARTS=1,3` runs only those parts;
+//! `FERRY_BENCH_PARTS=1,3` runs only those parts; `FERRY_BENCH_THREADS=n`
+//! sets part 3's threads (default 2);
 //! `FERRY_BENCH_WORK` names an existing directory to work in (the script's),
 //! else one is made under `${FERRY_BENCH_DIR:-/tmp/ferry-bench}` and removed.
 
@@ -30,6 +31,8 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const TIB: u64 = 1 << 40;
 const BLOCK: usize = BLOCK_SIZE as usize;
+/// Part 3's layered volume assigns blocks to layers in runs of this many.
+const LAYER_RUN: u64 = 16;
 /// Sequential reads and part 1's fills use this size.
 const CHUNK: u64 = MIB;
 
@@ -59,6 +62,12 @@ struct Config {
 impl Config {
     fn from_env() -> Config {
         let quick = std::env::var("FERRY_BENCH_QUICK").is_ok_and(|v| v == "1");
+        // Part 3's threads: the reference machine has two cores.
+        let threads = std::env::var("FERRY_BENCH_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(2);
         if quick {
             Config {
                 quick,
@@ -68,7 +77,7 @@ impl Config {
                 diff_size: 4 * GIB,
                 rw_size: 128 * MIB,
                 layers: 32,
-                threads: 2,
+                threads,
                 ops: 20_000,
                 rounds: 3,
                 write_rounds: 3,
@@ -82,7 +91,7 @@ impl Config {
                 diff_size: 64 * GIB,
                 rw_size: 2 * GIB,
                 layers: 32,
-                threads: 2,
+                threads,
                 ops: 200_000,
                 rounds: 5,
                 write_rounds: 3,
@@ -297,6 +306,13 @@ fn part1(cfg: &Config, dir: &Path) -> Res<()> {
     // Before each, 1 MiB is written to the head and flushed (untimed), so each
     // snapshot seals a layer holding data; the first seals the whole fill.
     let mut snap: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let mut syncs = Vec::new();
+    let probe = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dir.join("sync-probe"))?;
     let mut buf = vec![0u8; MIB as usize];
     for i in 0..cfg.reps {
         for (k, (name, _)) in vols.iter().enumerate() {
@@ -318,6 +334,10 @@ fn part1(cfg: &Config, dir: &Path) -> Res<()> {
             })?;
             snap[k].push(d);
         }
+        // For scale, the disk's own sync latency, measured in the same loop.
+        probe.write_all_at(&buf[..BLOCK], (i * BLOCK) as u64)?;
+        let ((), d) = timed(|| Ok(probe.sync_data()?))?;
+        syncs.push(d);
     }
     let mut clone: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     for i in 0..cfg.reps {
@@ -386,6 +406,14 @@ fn part1(cfg: &Config, dir: &Path) -> Res<()> {
         ]);
     }
     table(&rows);
+    let sync = median_dur(syncs.clone());
+    println!(
+        "  for scale: 4 KiB pwrite + fdatasync of a file in the same directory: median {} ({}–{}); a snapshot's median is {:.1} of those",
+        fmt_dur(sync),
+        fmt_dur(*syncs.iter().min().expect("reps")),
+        fmt_dur(*syncs.iter().max().expect("reps")),
+        median_dur(snap[0].clone()).as_secs_f64() / sync.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -400,8 +428,10 @@ fn part2(cfg: &Config, dir: &Path) -> Res<()> {
         fmt_size(cfg.diff_size)
     );
     let store = Store::open(dir)?;
-    store.create_volume("d", cfg.diff_size)?;
-    store.create_snapshot(Target::Volume("d"), "before", SnapshotKind::Crash)?;
+    step("volume created + snapshot \"before\"", || {
+        store.create_volume("d", cfg.diff_size)?;
+        Ok(store.create_snapshot(Target::Volume("d"), "before", SnapshotKind::Crash)?)
+    })?;
     let mut rng = Rng(0xd1ff);
     let mut want = RoaringBitmap::new();
     while want.len() < changed {
@@ -420,7 +450,9 @@ fn part2(cfg: &Config, dir: &Path) -> Res<()> {
         "  wrote {changed} random 4 KiB blocks (ascending order) + flush in {}",
         fmt_dur(wrote)
     );
-    store.create_snapshot(Target::Volume("d"), "after", SnapshotKind::Crash)?;
+    step("snapshot \"after\"", || {
+        Ok(store.create_snapshot(Target::Volume("d"), "after", SnapshotKind::Crash)?)
+    })?;
     let mut times = Vec::new();
     let mut found = 0;
     for _ in 0..cfg.reps {
@@ -595,31 +627,40 @@ fn part3(cfg: &Config, dir: &Path) -> Res<()> {
         Ok(flat.flush()?)
     })?;
 
-    // Volume "layered": every block is written once, into a layer picked at
-    // random; after each of the `layers` rounds of writes a snapshot seals
-    // the head. The live head is empty, so a read resolves through the head
-    // and, on average, half the sealed layers.
+    // Volume "layered": every 64 KiB run of blocks is written once, into a
+    // layer picked at random; after each of the `layers` rounds of writes a
+    // snapshot seals the head. The live head is empty, so a read resolves
+    // through the head and, on average, half the sealed layers. (Runs rather
+    // than single blocks: the engine resolves per block either way, and each
+    // scattered 4 KiB extent costs a discard when the files are deleted.)
     store.create_volume("layered", cfg.rw_size)?;
     let layered = store.volume("layered")?;
     let mut rng = Rng(0x1a7e);
-    let owner: Vec<u8> = (0..blocks)
+    let run_owner: Vec<u8> = (0..blocks / LAYER_RUN)
         .map(|_| rng.below(cfg.layers as u64) as u8)
         .collect();
+    let owner: Vec<u8> = (0..blocks)
+        .map(|b| run_owner[(b / LAYER_RUN) as usize])
+        .collect();
     let mut buf = vec![0u8; BLOCK];
+    let mut run = vec![0u8; LAYER_RUN as usize * BLOCK];
     // The data file of the head each round writes into, for the raw peer.
     let mut layer_files: Vec<Option<PathBuf>> = Vec::new();
     step(
-        "volume \"layered\": 32 × (write 1/32 of the blocks + snapshot)",
+        "volume \"layered\": 32 × (write 1/32 of the 64 KiB runs + snapshot)",
         || {
             for l in 0..cfg.layers {
                 layer_files.push(newest_layer_file(dir));
-                for (b, _) in owner
+                for (r, _) in run_owner
                     .iter()
                     .enumerate()
                     .filter(|(_, o)| usize::from(**o) == l)
                 {
-                    pattern(b as u64, &mut buf);
-                    layered.write(&buf, b as u64 * BLOCK_SIZE, false)?;
+                    let first = r as u64 * LAYER_RUN;
+                    for (i, b) in run.chunks_mut(BLOCK).enumerate() {
+                        pattern(first + i as u64, b);
+                    }
+                    layered.write(&run, first * BLOCK_SIZE, false)?;
                 }
                 layered.flush()?;
                 store.create_snapshot(
@@ -632,7 +673,7 @@ fn part3(cfg: &Config, dir: &Path) -> Res<()> {
         },
     )?;
     println!(
-        "  \"{} snapshots\": each block written once, into one of {} layers picked at random (1/{} of the blocks per layer), a snapshot after each; the live head is empty",
+        "  \"{} snapshots\": each 64 KiB run of blocks written once, into one of {} layers picked at random (1/{} of the volume per layer), a snapshot after each; the live head is empty",
         cfg.layers, cfg.layers, cfg.layers
     );
 
@@ -841,27 +882,33 @@ fn main() -> Res<()> {
         }
         ensure_free(&work, cfg.disk_needed())?;
         let t = Instant::now();
-        // Each part has its own store, removed before the next: less disk,
-        // and page cache left for part 3.
+        // Each part has its own store in its own directory. None is removed
+        // between parts: on a file system that discards freed blocks online,
+        // freeing the scattered blocks of parts 2 and 3 takes minutes of
+        // device I/O that would disturb the next part's figures.
         let parts: [fn(&Config, &Path) -> Res<()>; 3] = [part1, part2, part3];
         for (i, part) in parts.iter().enumerate() {
             let n = (i + 1).to_string();
             if !only.is_empty() && !only.split(',').any(|p| p.trim() == n) {
                 continue;
             }
-            let dir = work.join(format!("part{n}"));
             let t = Instant::now();
-            let r = part(&cfg, &dir);
-            let _ = std::fs::remove_dir_all(&dir);
-            r?;
+            part(&cfg, &work.join(format!("part{n}")))?;
             println!("  (part {n} took {}, setup included)", fmt_dur(t.elapsed()));
         }
         println!();
-        println!("total {}", fmt_dur(t.elapsed()));
+        println!("measurements done in {}", fmt_dur(t.elapsed()));
         Ok(())
     })();
+    // The caller that named the work directory removes it (bench/engine.sh
+    // does so in the background: see bench/README.md).
     if remove {
+        let t = Instant::now();
         let _ = std::fs::remove_dir_all(&work);
+        println!(
+            "work files removed in {} (freeing scattered blocks is slow where the file system discards online)",
+            fmt_dur(t.elapsed())
+        );
     }
     result
 }
