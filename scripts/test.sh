@@ -38,4 +38,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked
 fi
+echo "== schemathesis against docs/openapi.json and a live ferryd"
+bash scripts/schemathesis.sh
 echo "== all tests passed"

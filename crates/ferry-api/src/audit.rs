@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit record.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Record {
     pub seq: u64,
     /// Milliseconds since the Unix epoch.
@@ -45,7 +45,7 @@ impl Record {
 }
 
 /// What `verify` found.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Verdict {
     pub ok: bool,
     pub records: u64,

@@ -32,6 +32,14 @@ pub enum Privilege {
 }
 
 impl Privilege {
+    /// The name used in the API and its OpenAPI document, e.g. `volume_write`.
+    pub fn as_str(self) -> String {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(s)) => s,
+            _ => format!("{self:?}"),
+        }
+    }
+
     pub const ALL: [Privilege; 14] = [
         Privilege::VolumeRead,
         Privilege::VolumeWrite,
@@ -51,7 +59,7 @@ impl Privilege {
 }
 
 /// A user's role.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything.
@@ -87,13 +95,15 @@ impl Role {
 }
 
 /// A tag a user was granted: they see groups carrying `key=value`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, utoipa::ToSchema,
+)]
 pub struct Grant {
     pub key: String,
     pub value: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct User {
     pub name: String,
     pub role: Role,
@@ -110,7 +120,7 @@ struct TokenRec {
 }
 
 /// A token as listed (never its secret).
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct TokenInfo {
     pub id: String,
     pub user: String,
@@ -150,6 +160,8 @@ pub enum AuthError {
     NoUser(String),
     #[error("token {0:?} does not exist")]
     NoToken(String),
+    #[error("user {0:?} is the last admin; make another admin first")]
+    LastAdmin(String),
     #[error("writing the user file: {0}")]
     Io(#[from] io::Error),
 }
@@ -258,9 +270,14 @@ impl Auth {
 
     pub fn delete_user(&self, name: &str) -> Result<(), AuthError> {
         let mut st = self.state.lock();
-        if st.users.remove(name).is_none() {
+        let Some(user) = st.users.get(name) else {
             return Err(AuthError::NoUser(name.to_owned()));
+        };
+        let admins = st.users.values().filter(|u| u.role == Role::Admin).count();
+        if user.role == Role::Admin && admins == 1 {
+            return Err(AuthError::LastAdmin(name.to_owned()));
         }
+        st.users.remove(name);
         st.tokens.retain(|t| t.user != name);
         self.save(&st)?;
         Ok(())
@@ -322,6 +339,31 @@ impl Auth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_admin_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = Auth::open(dir.path().join("auth.json")).unwrap();
+        let user = |name: &str, role| User {
+            name: name.into(),
+            role,
+            grants: vec![],
+        };
+        auth.create_user(user("a", Role::Admin)).unwrap();
+        auth.create_user(user("o", Role::Operator)).unwrap();
+        assert!(matches!(
+            auth.delete_user("a"),
+            Err(AuthError::LastAdmin(_))
+        ));
+        auth.delete_user("o").unwrap();
+        auth.create_user(user("b", Role::Admin)).unwrap();
+        auth.delete_user("a").unwrap();
+        assert!(matches!(
+            auth.delete_user("b"),
+            Err(AuthError::LastAdmin(_))
+        ));
+        assert_eq!(auth.list_users().len(), 1);
+    }
 
     #[test]
     fn tokens_are_stored_hashed_and_authenticate() {

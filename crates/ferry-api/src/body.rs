@@ -63,3 +63,84 @@ pub fn size(v: &serde_json::Value) -> Result<u64, ApiError> {
     };
     ferry_store::parse_size(&text).map_err(ApiError::from)
 }
+
+/// The schema of a size field: bytes, or a string like `"10G"`.
+pub fn size_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(ferry_store::BLOCK_SIZE))
+                .maximum(Some(ferry_store::MAX_VOLUME_SIZE))
+                .multiple_of(Some(ferry_store::BLOCK_SIZE)),
+        )
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^\\s*[0-9]+([bB]|[kKmMgGtT]([bB]|[iI][bB])?)?\\s*$"))
+                .examples(["10G", "512M", "1T"]),
+        )
+        .into()
+}
+
+/// What a name of a volume, group, slot, snapshot, user or tag key looks like.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9._-]{0,62}$";
+
+fn name_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(NAME_PATTERN))
+        .build()
+}
+
+/// The schema of a group's slots: slot name to volume name.
+pub fn slots_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::ObjectBuilder;
+    ObjectBuilder::new()
+        .property_names(Some(name_schema()))
+        .additional_properties(Some(utoipa::openapi::schema::Schema::Object(name_schema())))
+        .into()
+}
+
+/// The schema of a group's tags: a key (a name) to a value of at most 255
+/// characters, none of them a control character.
+pub fn tags_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .property_names(Some(name_schema()))
+        .additional_properties(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(format!("^{TAG_VALUE}$"))),
+        ))
+        .into()
+}
+
+/// A tag value: at most 255 characters, none of them a control character.
+const TAG_VALUE: &str = "[^\\u0000-\\u001f\\u007f-\\u009f]{0,255}";
+
+/// Whether a tag value is acceptable (the server's side of [`TAG_VALUE`]).
+pub fn tag_value_ok(v: &str) -> bool {
+    v.chars().count() <= 255 && !v.chars().any(char::is_control)
+}
+
+/// The schema of a list of slot names.
+pub fn slot_list_schema() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(name_schema())
+        .into()
+}
+
+/// The schema of a user's grants: `key=value` tags.
+pub fn grants_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(format!("^[a-z0-9][a-z0-9._-]{{0,62}}={TAG_VALUE}$"))),
+        )
+        .into()
+}

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod auth;
 mod body;
 pub mod error;
+pub mod openapi;
 pub mod routes;
 
 use axum::Router;
@@ -28,6 +29,9 @@ pub use audit::AuditLog;
 pub use auth::{Auth, Principal, Privilege, Role};
 pub use error::{ApiError, ApiResult};
 pub use routes::RouteInfo;
+
+/// Where the OpenAPI document is served (without a token).
+pub const OPENAPI_PATH: &str = "/v1/openapi.json";
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
@@ -88,7 +92,15 @@ pub fn router(state: AppState) -> Router {
     for (path, mr) in by_path {
         r = r.route(path, mr);
     }
+    let doc = openapi::document_json();
     r.route_layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        // The API's description is public, like any published document.
+        .route(
+            OPENAPI_PATH,
+            axum::routing::get(move || async move {
+                ([(header::CONTENT_TYPE, "application/json")], doc)
+            }),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
 }

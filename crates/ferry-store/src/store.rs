@@ -52,6 +52,7 @@ pub enum DiffEnd<'a> {
 
 /// A volume as listed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VolumeInfo {
     pub id: VolumeId,
     pub name: String,
@@ -66,6 +67,7 @@ pub struct VolumeInfo {
 
 /// A group as listed: slots map to volume names.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupInfo {
     pub id: GroupId,
     pub name: String,
@@ -76,6 +78,7 @@ pub struct GroupInfo {
 
 /// One volume of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MemberInfo {
     /// The volume the member was taken from (its name at the time it is listed,
     /// or its id when it has been deleted since).
@@ -85,6 +88,7 @@ pub struct MemberInfo {
 
 /// A snapshot as listed.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SnapshotInfo {
     pub id: SnapshotId,
     pub name: String,
@@ -99,6 +103,7 @@ pub struct SnapshotInfo {
 
 /// Space used by one volume.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SpaceInfo {
     pub volume: String,
     /// The volume's size.
@@ -113,6 +118,7 @@ pub struct SpaceInfo {
 
 /// What a sync did.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncReport {
     /// The snapshot of the target taken first, to undo the sync.
     pub undo_snapshot: String,
@@ -249,7 +255,7 @@ impl Store {
 
     // ----- volumes -----
 
-    /// Creates an empty volume of `size` bytes (a multiple of 4 KiB, up to 16 TiB).
+    /// Creates an empty volume of `size` bytes (a multiple of 4 KiB, up to 16 TiB less 4 KiB).
     pub fn create_volume(&self, name: &str, size: u64) -> Result<VolumeInfo> {
         validate_name("volume", name)?;
         check_size(size).map_err(|reason| StoreError::InvalidSize {
@@ -471,7 +477,7 @@ impl Store {
     pub fn set_tags(&self, group: &str, tags: BTreeMap<String, String>) -> Result<GroupInfo> {
         for (k, v) in &tags {
             validate_name("tag key", k)?;
-            if v.len() > 255 || v.chars().any(char::is_control) {
+            if v.chars().count() > 255 || v.chars().any(char::is_control) {
                 return Err(StoreError::Invalid(
                     "a tag value must be at most 255 characters without control characters",
                 ));

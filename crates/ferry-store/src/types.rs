@@ -13,8 +13,10 @@ use crate::error::StoreError;
 pub const BLOCK_SIZE: u64 = 4096;
 /// `BLOCK_SIZE` as a `usize`, for buffers.
 pub const BLOCK: usize = BLOCK_SIZE as usize;
-/// The largest volume: 2^32 blocks of 4 KiB, so a block index fits in a `u32`.
-pub const MAX_VOLUME_SIZE: u64 = 16 << 40;
+/// The largest volume: 2^32 - 1 blocks of 4 KiB (16 TiB less 4 KiB), so a
+/// block index fits in a `u32`, and a layer file fits ext4's largest file
+/// (whose last 4 KiB block is out of reach: exactly 16 TiB fails with EFBIG).
+pub const MAX_VOLUME_SIZE: u64 = ((1 << 32) - 1) * BLOCK_SIZE;
 /// Longest name of a volume, group, snapshot or slot.
 pub const MAX_NAME_LEN: usize = 63;
 
@@ -23,6 +25,7 @@ macro_rules! id_type {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(transparent)]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
         pub struct $name(pub u64);
 
         impl fmt::Display for $name {
@@ -57,6 +60,7 @@ id_type!(
 /// Whether a snapshot was taken with the application's help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SnapshotKind {
     /// Crash-consistent: every volume of the group at one instant.
     #[default]
@@ -102,7 +106,7 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), StoreError> {
 }
 
 /// Parses a size such as `10G`, `512M`, `1T`, `4096`, `1GiB` (binary units)
-/// and checks it is a whole number of blocks between 4 KiB and 16 TiB.
+/// and checks it is a whole number of blocks between 4 KiB and 16 TiB less 4 KiB.
 pub fn parse_size(input: &str) -> Result<u64, StoreError> {
     let bad = |reason: &'static str| StoreError::InvalidSize {
         input: input.to_owned(),
@@ -132,7 +136,7 @@ pub fn parse_size(input: &str) -> Result<u64, StoreError> {
     };
     let bytes = number
         .checked_mul(1u64 << shift)
-        .ok_or_else(|| bad("is larger than 16 TiB"))?;
+        .ok_or_else(|| bad("is larger than the largest volume, 16 TiB less 4 KiB"))?;
     check_size(bytes).map_err(bad)?;
     Ok(bytes)
 }
@@ -142,7 +146,7 @@ pub(crate) fn check_size(bytes: u64) -> Result<(), &'static str> {
     if bytes == 0 {
         Err("must be larger than 0")
     } else if bytes > MAX_VOLUME_SIZE {
-        Err("is larger than 16 TiB")
+        Err("is larger than the largest volume, 16 TiB less 4 KiB")
     } else if !bytes.is_multiple_of(BLOCK_SIZE) {
         Err("must be a multiple of 4096 bytes")
     } else {
@@ -167,7 +171,10 @@ mod tests {
         assert_eq!(parse_size("10G").unwrap(), 10 << 30);
         assert_eq!(parse_size("512M").unwrap(), 512 << 20);
         assert_eq!(parse_size("1T").unwrap(), 1 << 40);
-        assert_eq!(parse_size("16T").unwrap(), 16 << 40);
+        assert_eq!(
+            parse_size(&MAX_VOLUME_SIZE.to_string()).unwrap(),
+            (16 << 40) - 4096
+        );
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         for bad in [
@@ -176,6 +183,7 @@ mod tests {
             "",
             "G",
             "17T",
+            "16T",
             "1000",
             "1.5G",
             "10X",

@@ -226,3 +226,30 @@ fn tags_and_space() {
         Err(StoreError::InUse { .. })
     ));
 }
+
+/// The largest volume keeps its last block on a real file system: ext4's
+/// largest file is 16 TiB less 4 KiB, and exactly 16 TiB once failed with
+/// EFBIG (found by schemathesis through the API).
+#[test]
+fn the_largest_volume_holds_its_last_block_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let max = ferry_store::MAX_VOLUME_SIZE;
+    store.create_volume("big", max).unwrap();
+    let last = max - 4096;
+    let data = pattern(7, 4096);
+    store
+        .volume("big")
+        .unwrap()
+        .write(&data, last, false)
+        .unwrap();
+    store.volume("big").unwrap().flush().unwrap();
+    assert_eq!(read(&store, "big", last, 4096), data);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(read(&store, "big", last, 4096), data);
+    assert!(matches!(
+        store.create_volume("bigger", max + 4096),
+        Err(StoreError::InvalidSize { .. })
+    ));
+}

@@ -1,28 +1,31 @@
 //! Users, tokens and the audit log.
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::blocking;
 use crate::audit::{Record, Verdict};
-use crate::auth::{AuthError, Grant, Role, TokenInfo, User};
+use crate::auth::{AuthError, Grant, Principal, Role, TokenInfo, User};
 use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::{AppState, error::ApiResult};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateUser {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     name: String,
     role: Role,
     /// Tags as `key=value`; a user with role `user` sees groups holding any of them.
     #[serde(default)]
+    #[schema(schema_with = crate::body::grants_schema)]
     grants: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct NewToken {
     #[serde(flatten)]
     info: TokenInfo,
@@ -38,6 +41,9 @@ impl From<AuthError> for ApiError {
             }
             AuthError::NoUser(_) => ApiError::not_found(e.to_string()).field("user"),
             AuthError::NoToken(_) => ApiError::not_found(e.to_string()).field("id"),
+            AuthError::LastAdmin(_) => {
+                ApiError::new(StatusCode::CONFLICT, "last_admin", e.to_string()).field("name")
+            }
             AuthError::Io(_) => ApiError::internal(e.to_string()),
         }
     }
@@ -74,6 +80,12 @@ pub async fn user_create(
         };
         ferry_store::validate_name("tag key", key)
             .map_err(|e| ApiError::from(e).field("grants"))?;
+        if !crate::body::tag_value_ok(value) {
+            return Err(ApiError::bad_request(format!(
+                "grant {g:?}: a tag value must be at most 255 characters without control characters"
+            ))
+            .field("grants"));
+        }
         grants.push(Grant {
             key: key.to_owned(),
             value: value.to_owned(),
@@ -92,8 +104,18 @@ pub async fn user_create(
 
 pub async fn user_delete(
     State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
+    if who.user == name {
+        // so nobody locks themselves out by mistake; another admin can
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "self",
+            format!("you are signed in as {name:?} and cannot delete yourself"),
+        )
+        .field("name"));
+    }
     blocking(move || {
         st.auth().delete_user(&name)?;
         Ok(StatusCode::NO_CONTENT)

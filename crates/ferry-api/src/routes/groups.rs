@@ -6,25 +6,44 @@ use axum::{Extension, Json};
 use ferry_store::{GroupInfo, Store, StoreError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use super::blocking;
 use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::{AppState, error::ApiResult};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateGroup {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     name: String,
+    /// Slot name to volume name.
     #[serde(default)]
+    #[schema(schema_with = crate::body::slots_schema)]
     slots: BTreeMap<String, String>,
     #[serde(default)]
+    #[schema(schema_with = crate::body::tags_schema)]
     tags: BTreeMap<String, String>,
 }
 
+/// A group's tags: `key` to `value`.
 #[derive(Deserialize)]
+#[serde(transparent)]
+pub struct Tags(BTreeMap<String, String>);
+
+impl utoipa::PartialSchema for Tags {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::body::tags_schema().into()
+    }
+}
+
+impl ToSchema for Tags {}
+
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetSlot {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     volume: String,
 }
 
@@ -100,7 +119,7 @@ pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Api
 pub async fn set_tags(
     State(st): State<AppState>,
     Path(name): Path<String>,
-    JsonBody(tags): JsonBody<BTreeMap<String, String>>,
+    JsonBody(Tags(tags)): JsonBody<Tags>,
 ) -> ApiResult<Json<GroupInfo>> {
     blocking(move || Ok(Json(st.store().set_tags(&name, tags)?))).await
 }

@@ -1,5 +1,6 @@
 //! The table of every endpoint: method, path, action name, the privilege it
-//! needs, and its handler, side by side.
+//! needs, its handler, and the shapes of its request and reply (for the
+//! OpenAPI document, [`crate::openapi`]), side by side.
 
 mod admin;
 mod groups;
@@ -7,8 +8,11 @@ mod snapshots;
 mod volumes;
 
 use axum::handler::Handler;
-use axum::http::Method;
+use axum::http::{Method, StatusCode};
 use axum::routing::{MethodFilter, MethodRouter};
+use utoipa::ToSchema;
+
+use crate::openapi::{Schema, list_of, schema_of};
 
 use crate::auth::Privilege;
 use crate::error::ApiError;
@@ -24,6 +28,44 @@ pub struct RouteInfo {
     pub privilege: Privilege,
     pub summary: &'static str,
     pub handler: MethodRouter<AppState>,
+    /// The JSON body it takes, if any.
+    pub body: Option<Schema>,
+    /// The status of success and the JSON it returns (none for 204).
+    pub reply: Option<(StatusCode, Option<Schema>)>,
+    /// Query parameters: name, required, description.
+    pub query: Vec<(&'static str, bool, &'static str)>,
+}
+
+impl RouteInfo {
+    /// Takes a JSON body of type `T`.
+    fn body<T: ToSchema>(mut self) -> RouteInfo {
+        self.body = Some(schema_of::<T>);
+        self
+    }
+
+    /// Answers `status` with a `T`.
+    fn reply<T: ToSchema>(mut self, status: StatusCode) -> RouteInfo {
+        self.reply = Some((status, Some(schema_of::<T>)));
+        self
+    }
+
+    /// Answers 200 with a list of `T`.
+    fn list<T: ToSchema>(mut self) -> RouteInfo {
+        self.reply = Some((StatusCode::OK, Some(list_of::<T>)));
+        self
+    }
+
+    /// Answers 204 No Content.
+    fn no_content(mut self) -> RouteInfo {
+        self.reply = Some((StatusCode::NO_CONTENT, None));
+        self
+    }
+
+    /// Takes a query parameter.
+    fn query(mut self, name: &'static str, required: bool, description: &'static str) -> RouteInfo {
+        self.query.push((name, required, description));
+        self
+    }
 }
 
 fn route<H, T>(
@@ -46,6 +88,9 @@ where
         privilege,
         summary,
         handler: axum::routing::on(filter, handler),
+        body: None,
+        reply: None,
+        query: Vec::new(),
     }
 }
 
@@ -53,6 +98,7 @@ where
 pub fn table() -> Vec<RouteInfo> {
     use Method as M;
     use Privilege as P;
+    use StatusCode as S;
     vec![
         route(
             M::GET,
@@ -61,7 +107,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::VolumeRead,
             "List volumes",
             volumes::list,
-        ),
+        )
+        .list::<ferry_store::VolumeInfo>(),
         route(
             M::POST,
             "/v1/volumes",
@@ -69,7 +116,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::VolumeWrite,
             "Create a volume",
             volumes::create,
-        ),
+        )
+        .body::<volumes::CreateVolume>()
+        .reply::<ferry_store::VolumeInfo>(S::CREATED),
         route(
             M::GET,
             "/v1/volumes/{name}",
@@ -77,7 +126,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::VolumeRead,
             "Show a volume",
             volumes::get,
-        ),
+        )
+        .reply::<ferry_store::VolumeInfo>(S::OK),
         route(
             M::POST,
             "/v1/volumes/{name}/grow",
@@ -85,7 +135,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::VolumeWrite,
             "Grow a volume",
             volumes::grow,
-        ),
+        )
+        .body::<volumes::GrowVolume>()
+        .reply::<ferry_store::VolumeInfo>(S::OK),
         route(
             M::DELETE,
             "/v1/volumes/{name}",
@@ -93,7 +145,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::VolumeWrite,
             "Delete a volume",
             volumes::delete,
-        ),
+        )
+        .no_content(),
         route(
             M::GET,
             "/v1/groups",
@@ -101,7 +154,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::GroupRead,
             "List groups",
             groups::list,
-        ),
+        )
+        .list::<ferry_store::GroupInfo>(),
         route(
             M::POST,
             "/v1/groups",
@@ -109,7 +163,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::GroupWrite,
             "Create a group",
             groups::create,
-        ),
+        )
+        .body::<groups::CreateGroup>()
+        .reply::<ferry_store::GroupInfo>(S::CREATED),
         route(
             M::GET,
             "/v1/groups/{name}",
@@ -117,7 +173,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::GroupRead,
             "Show a group",
             groups::get,
-        ),
+        )
+        .reply::<ferry_store::GroupInfo>(S::OK),
         route(
             M::DELETE,
             "/v1/groups/{name}",
@@ -125,7 +182,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::GroupWrite,
             "Delete a group",
             groups::delete,
-        ),
+        )
+        .no_content(),
         route(
             M::PUT,
             "/v1/groups/{name}/tags",
@@ -133,7 +191,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::GroupWrite,
             "Replace a group's tags",
             groups::set_tags,
-        ),
+        )
+        .body::<groups::Tags>()
+        .reply::<ferry_store::GroupInfo>(S::OK),
         route(
             M::PUT,
             "/v1/groups/{name}/slots/{slot}",
@@ -141,7 +201,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::GroupWrite,
             "Put a volume in a slot",
             groups::set_slot,
-        ),
+        )
+        .body::<groups::SetSlot>()
+        .reply::<ferry_store::GroupInfo>(S::OK),
         route(
             M::DELETE,
             "/v1/groups/{name}/slots/{slot}",
@@ -149,7 +211,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::GroupWrite,
             "Empty a slot",
             groups::remove_slot,
-        ),
+        )
+        .reply::<ferry_store::GroupInfo>(S::OK),
         route(
             M::GET,
             "/v1/groups/{name}/snapshots",
@@ -157,7 +220,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::SnapshotRead,
             "List a group's snapshots",
             snapshots::list,
-        ),
+        )
+        .list::<ferry_store::SnapshotInfo>(),
         route(
             M::POST,
             "/v1/groups/{name}/snapshots",
@@ -165,7 +229,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::SnapshotCreate,
             "Snapshot a group",
             snapshots::create,
-        ),
+        )
+        .body::<snapshots::CreateSnapshot>()
+        .reply::<ferry_store::SnapshotInfo>(S::CREATED),
         route(
             M::GET,
             "/v1/groups/{name}/snapshots/{snapshot}",
@@ -173,7 +239,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::SnapshotRead,
             "Show a snapshot",
             snapshots::get,
-        ),
+        )
+        .reply::<ferry_store::SnapshotInfo>(S::OK),
         route(
             M::DELETE,
             "/v1/groups/{name}/snapshots/{snapshot}",
@@ -181,7 +248,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::SnapshotDelete,
             "Delete a snapshot",
             snapshots::delete,
-        ),
+        )
+        .no_content(),
         route(
             M::GET,
             "/v1/groups/{name}/diff",
@@ -189,7 +257,10 @@ pub fn table() -> Vec<RouteInfo> {
             P::SnapshotRead,
             "Blocks changed between two snapshots",
             snapshots::diff,
-        ),
+        )
+        .query("from", true, "the older snapshot")
+        .query("to", false, "the newer snapshot, or `live` (the default)")
+        .reply::<snapshots::DiffSummary>(S::OK),
         route(
             M::POST,
             "/v1/groups/{name}/snapshots/{snapshot}/clone",
@@ -197,7 +268,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::Clone,
             "Clone a snapshot into a new group",
             snapshots::clone,
-        ),
+        )
+        .body::<snapshots::CloneRequest>()
+        .reply::<ferry_store::GroupInfo>(S::CREATED),
         route(
             M::POST,
             "/v1/sync",
@@ -205,7 +278,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::Sync,
             "Replace slots of a group by clones of a snapshot",
             snapshots::sync,
-        ),
+        )
+        .body::<snapshots::SyncRequest>()
+        .reply::<ferry_store::SyncReport>(S::OK),
         route(
             M::GET,
             "/v1/space",
@@ -213,7 +288,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::SpaceRead,
             "Space per volume",
             volumes::space,
-        ),
+        )
+        .list::<ferry_store::SpaceInfo>(),
         route(
             M::GET,
             "/v1/audit",
@@ -221,7 +297,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::AuditRead,
             "List audit records",
             admin::audit_list,
-        ),
+        )
+        .list::<crate::audit::Record>(),
         route(
             M::GET,
             "/v1/audit/verify",
@@ -229,7 +306,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::AuditRead,
             "Verify the audit chain",
             admin::audit_verify,
-        ),
+        )
+        .reply::<crate::audit::Verdict>(S::OK),
         route(
             M::GET,
             "/v1/users",
@@ -237,7 +315,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::UserRead,
             "List users",
             admin::user_list,
-        ),
+        )
+        .list::<crate::auth::User>(),
         route(
             M::POST,
             "/v1/users",
@@ -245,7 +324,9 @@ pub fn table() -> Vec<RouteInfo> {
             P::UserWrite,
             "Create a user",
             admin::user_create,
-        ),
+        )
+        .body::<admin::CreateUser>()
+        .reply::<crate::auth::User>(S::CREATED),
         route(
             M::DELETE,
             "/v1/users/{name}",
@@ -253,7 +334,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::UserWrite,
             "Delete a user and its tokens",
             admin::user_delete,
-        ),
+        )
+        .no_content(),
         route(
             M::POST,
             "/v1/users/{name}/tokens",
@@ -261,7 +343,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::UserWrite,
             "Make a token for a user",
             admin::token_create,
-        ),
+        )
+        .reply::<admin::NewToken>(S::CREATED),
         route(
             M::GET,
             "/v1/tokens",
@@ -269,7 +352,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::UserRead,
             "List tokens",
             admin::token_list,
-        ),
+        )
+        .list::<crate::auth::TokenInfo>(),
         route(
             M::DELETE,
             "/v1/tokens/{id}",
@@ -277,7 +361,8 @@ pub fn table() -> Vec<RouteInfo> {
             P::UserWrite,
             "Revoke a token",
             admin::token_delete,
-        ),
+        )
+        .no_content(),
     ]
 }
 

@@ -7,6 +7,7 @@ use axum::{Extension, Json};
 use ferry_store::{BLOCK_SIZE, DiffEnd, GroupInfo, SnapshotInfo, SnapshotKind, SyncReport, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use utoipa::ToSchema;
 
 use super::blocking;
 use super::groups::visible;
@@ -15,28 +16,33 @@ use crate::body::JsonBody;
 use crate::error::ApiError;
 use crate::{AppState, error::ApiResult};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSnapshot {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     name: String,
     #[serde(default)]
     kind: SnapshotKind,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloneRequest {
     /// The new group's name.
     #[serde(rename = "as")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     new_group: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     /// `GROUP@SNAPSHOT`
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}@[a-z0-9][a-z0-9._-]{0,62}$")]
     source: String,
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     target: String,
+    #[schema(schema_with = crate::body::slot_list_schema)]
     slots: Vec<String>,
 }
 
@@ -49,13 +55,13 @@ pub struct DiffQuery {
     to: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SlotDiff {
     blocks: u64,
     bytes: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct DiffSummary {
     from: String,
     to: String,

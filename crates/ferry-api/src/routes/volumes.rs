@@ -5,21 +5,27 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use ferry_store::{SpaceInfo, VolumeInfo};
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::blocking;
 use crate::body::{JsonBody, size};
 use crate::{AppState, error::ApiResult};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolume {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
     name: String,
+    /// Bytes, or a string like `"10G"`; a multiple of 4 KiB, at most 16 TiB less 4 KiB.
+    #[schema(schema_with = crate::body::size_schema)]
     size: serde_json::Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrowVolume {
+    /// The new size: bytes, or a string like `"20G"`; never smaller.
+    #[schema(schema_with = crate::body::size_schema)]
     size: serde_json::Value,
 }
 
