@@ -211,6 +211,12 @@ fn http_client(trust: &Trust) -> Result<reqwest::Client> {
 fn unreachable(base: &str, e: &reqwest::Error) -> String {
     let tls = rustls_error(e);
     match tls {
+        // (a machine without system roots: rustls-platform-verifier's words)
+        Some(t @ rustls::Error::General(m)) if m.contains("CA certificates") => format!(
+            "cannot reach ferryd at {base}: no CA to check its TLS certificate with ({t}); \
+             give the site's CA with --ca FILE (ferryd prints its path at start: DATA/tls/ca.pem), \
+             FERRY_CA=FILE, or `ferry context add NAME --server URL --ca FILE`"
+        ),
         Some(
             t @ (rustls::Error::InvalidCertificate(_)
             | rustls::Error::NoCertificatesPresented
