@@ -1,4 +1,4 @@
-//! Named contexts: a server and a token file per site, kept in the user's
+//! Named contexts: a server, a token file and the CA to trust per site, kept in the user's
 //! config file (`$FERRY_CONFIG`, else `$XDG_CONFIG_HOME/ferry/config.toml`,
 //! else `~/.config/ferry/config.toml`), so `ferry context use dr` switches
 //! every later command to the DR site.
@@ -20,6 +20,9 @@ pub struct Config {
 pub struct Site {
     pub server: String,
     pub token_file: Option<String>,
+    /// The site CA certificate to trust for an `https://` server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 pub fn path() -> Result<PathBuf> {

@@ -40,6 +40,15 @@ struct Cli {
     /// File holding the API token [env: FERRY_TOKEN_FILE] [default: ./ferry-data/admin.token when present]
     #[arg(long, global = true, env = "FERRY_TOKEN_FILE", hide_env = true)]
     token_file: Option<String>,
+    /// CA certificate to trust for an https:// server, e.g. ferryd's DATA/tls/ca.pem [env: FERRY_CA] [default: the system's roots, plus DIR/tls/ca.pem when the token file is DIR/admin.token]
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_CA",
+        hide_env = true,
+        value_name = "FILE"
+    )]
+    ca: Option<String>,
     /// Output format
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -91,7 +100,7 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ContextCmd {
-    /// Add (or replace) a context: `ferry context add dr --server URL --token-file F`
+    /// Add (or replace) a context: `ferry context add dr --server URL --token-file F [--ca FILE]`
     Add { name: String },
     /// Make a context the current one
     Use { name: String },
@@ -318,20 +327,25 @@ fn local(cli: &Cli) -> Result<bool> {
                             "--server must be a URL such as http://127.0.0.1:7410, not {server:?}"
                         );
                     }
-                    let token_file = match token_file {
-                        Some(f) => Some(
-                            std::fs::canonicalize(f)
-                                .map_err(|e| anyhow::anyhow!("token file {f}: {e}"))?
-                                .display()
-                                .to_string(),
-                        ),
-                        None => None,
+                    let absolute = |f: &Option<String>, what: &str| -> Result<Option<String>> {
+                        match f {
+                            Some(f) => Ok(Some(
+                                std::fs::canonicalize(f)
+                                    .map_err(|e| anyhow::anyhow!("{what} {f}: {e}"))?
+                                    .display()
+                                    .to_string(),
+                            )),
+                            None => Ok(None),
+                        }
                     };
+                    let token_file = absolute(token_file, "token file")?;
+                    let ca = absolute(&cli.ca, "CA certificate")?;
                     config.contexts.insert(
                         name.clone(),
                         context::Site {
                             server: server.clone(),
                             token_file,
+                            ca,
                         },
                     );
                     context::save(&config)?;
@@ -355,13 +369,14 @@ fn local(cli: &Cli) -> Result<bool> {
                                 "current": config.current.as_deref() == Some(name.as_str()),
                                 "server": site.server,
                                 "token_file": site.token_file,
+                                "ca": site.ca,
                             })
                         })
                         .collect();
                     print_list(
                         out,
                         &Value::Array(list),
-                        &["name", "current", "server", "token_file"],
+                        &["name", "current", "server", "token_file", "ca"],
                     );
                 }
                 ContextCmd::Remove { name } => {
@@ -404,10 +419,15 @@ async fn run(cli: Cli) -> Result<i32> {
         .token_file
         .clone()
         .or_else(|| site.as_ref().and_then(|s| s.token_file.clone()));
+    let ca = cli
+        .ca
+        .clone()
+        .or_else(|| site.as_ref().and_then(|s| s.ca.clone()));
     let client = Client::new(
         server.as_deref(),
         cli.token.as_deref(),
         token_file.as_deref(),
+        ca.as_deref(),
     )?;
     match cli.command {
         Command::Volume(cmd) => match cmd {

@@ -3,13 +3,21 @@
 //!
 //! Starts with embedded defaults; every flag also has a key in the optional
 //! TOML config file. The first start creates an admin user and writes its
-//! token to `DATA/admin.token` (mode 0600).
+//! token to `DATA/admin.token` (mode 0600), and a site CA with the API's
+//! certificate in `DATA/tls/` (see `tls.rs`).
+//!
+//! The API speaks HTTPS on any address that is not loopback; on loopback it
+//! speaks plain HTTP unless `--tls` (`tls = true`) asks for HTTPS. There is no
+//! way to serve plain HTTP beyond the machine.
 
-use anyhow::{Context, Result, bail};
+mod serve;
+mod tls;
+
+use anyhow::{Context, Result};
 use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The ferry daemon.
 #[derive(Parser, Debug)]
@@ -24,7 +32,14 @@ struct Args {
     /// Address for NBD clients (default 127.0.0.1:10809; served once NBD lands)
     #[arg(long, value_name = "ADDR")]
     nbd: Option<SocketAddr>,
-    /// TOML file with any of the keys data, api, nbd
+    /// Serve HTTPS on a loopback API address too (any other address always serves HTTPS)
+    #[arg(long)]
+    tls: bool,
+    /// A further name or IP address for the API's certificate (repeatable);
+    /// localhost, 127.0.0.1, ::1 and the hostname are always in it
+    #[arg(long = "tls-name", value_name = "NAME")]
+    tls_names: Vec<String>,
+    /// TOML file with any of the keys data, api, nbd, tls, tls_names
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -35,6 +50,8 @@ struct Config {
     data: Option<PathBuf>,
     api: Option<SocketAddr>,
     nbd: Option<SocketAddr>,
+    tls: Option<bool>,
+    tls_names: Option<Vec<String>>,
 }
 
 fn main() -> Result<()> {
@@ -65,19 +82,61 @@ fn main() -> Result<()> {
         .nbd
         .or(config.nbd)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10809)));
-    if !api.ip().is_loopback() {
-        bail!(
-            "the API address {api} is not a loopback address; plain HTTP is only served on loopback and HTTPS is not built yet"
-        );
-    }
+    // Plain HTTP never leaves the machine: only a loopback address may skip TLS.
+    let https = args.tls || config.tls.unwrap_or(false) || !api.ip().is_loopback();
+    // The flag's names replace the config file's, like every other flag.
+    let tls_names = if args.tls_names.is_empty() {
+        config.tls_names.unwrap_or_default()
+    } else {
+        args.tls_names
+    };
+    let tls_names = tls::wanted_names(&tls_names)?;
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(run(data, api))
+        .block_on(run(data, api, https, tls_names))
 }
 
-async fn run(data: PathBuf, api: SocketAddr) -> Result<()> {
+/// Makes or checks the TLS material and says what clients need to trust.
+/// Serving plain HTTP, a problem with it is only a warning.
+fn tls_identity(data: &Path, names: &[String], https: bool) -> Result<Option<tls::Identity>> {
+    let dir = data.join("tls");
+    let id = match tls::load_or_create(&dir, names) {
+        Ok(id) => id,
+        Err(e) if !https => {
+            tracing::warn!(
+                "the TLS certificate in {} is not usable (serving plain HTTP on loopback, so going on): {e:#}",
+                dir.display()
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(e).context("preparing the API's TLS certificate"),
+    };
+    if id.ca_created {
+        println!("ferryd: created the site CA in {}", id.ca_path.display());
+    }
+    if let Some(why) = &id.issued {
+        tracing::info!(certificate = %id.cert_path.display(), "issued the API certificate: {why}");
+    }
+    if https {
+        println!(
+            "ferryd: site CA {} SHA-256 {} (clients trust it: ferry --ca {})",
+            id.ca_path.display(),
+            id.ca_fingerprint,
+            id.ca_path.display()
+        );
+        println!(
+            "ferryd: TLS certificate {} SHA-256 {} for {}",
+            id.cert_path.display(),
+            id.cert_fingerprint,
+            id.names.join(", ")
+        );
+    }
+    Ok(Some(id))
+}
+
+async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>) -> Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let store = ferry_store::Store::open(&data)
         .with_context(|| format!("opening the store in {}", data.display()))?;
@@ -100,13 +159,21 @@ async fn run(data: PathBuf, api: SocketAddr) -> Result<()> {
     let audit =
         ferry_api::AuditLog::open(data.join("audit.log")).context("opening the audit log")?;
     let state = ferry_api::AppState::new(store.clone(), auth, audit);
+    let identity = tls_identity(&data, &tls_names, https)?;
+    let transport = match identity {
+        Some(id) if https => serve::Transport::Tls(tokio_rustls::TlsAcceptor::from(id.config)),
+        _ => serve::Transport::Plain,
+    };
     let listener = tokio::net::TcpListener::bind(api)
         .await
         .with_context(|| format!("listening on {api}"))?;
     println!("ferryd: store in {}", data.display());
-    println!("ferryd: API listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, ferry_api::router(state))
-        .with_graceful_shutdown(shutdown())
+    println!(
+        "ferryd: API listening on {}://{}",
+        if https { "https" } else { "http" },
+        listener.local_addr()?
+    );
+    serve::serve(listener, ferry_api::router(state), transport, shutdown())
         .await
         .context("serving the API")?;
     tokio::task::spawn_blocking(move || store.flush_all())

@@ -37,7 +37,7 @@ pub fn ferryd_bin() -> PathBuf {
 pub struct Daemon {
     child: Child,
     lines: Receiver<String>,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT`, or `https://...` when it serves HTTPS
     pub url: String,
     /// `127.0.0.1:PORT`
     pub addr: String,
@@ -53,17 +53,26 @@ impl Daemon {
     /// Starts ferryd on a free port with its store in `data` and waits until
     /// it listens. Its stderr goes to `DATA.log` next to the data directory.
     pub fn start(data: &Path) -> Daemon {
+        Daemon::start_with(data, &[])
+    }
+
+    /// Like [`Daemon::start`] with more flags; `--api 127.0.0.1:0` unless
+    /// `args` give `--api`.
+    pub fn start_with(data: &Path, args: &[&str]) -> Daemon {
         let log = data.with_extension("log");
         let stderr = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("opening the daemon log");
-        let mut child = Command::new(ferryd_bin())
-            .arg("--api")
-            .arg("127.0.0.1:0")
+        let mut command = Command::new(ferryd_bin());
+        if !args.contains(&"--api") {
+            command.arg("--api").arg("127.0.0.1:0");
+        }
+        let mut child = command
             .arg("--data")
             .arg(data)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -109,7 +118,8 @@ impl Daemon {
                 d.addr = d
                     .url
                     .strip_prefix("http://")
-                    .expect("an http URL")
+                    .or_else(|| d.url.strip_prefix("https://"))
+                    .expect("an http:// or https:// URL")
                     .to_owned();
                 break;
             }
@@ -120,6 +130,19 @@ impl Daemon {
             .to_owned();
         assert!(d.admin.starts_with("ferry_"), "admin token {:?}", d.admin);
         d
+    }
+
+    /// The site CA ferryd made: what a client trusts for its HTTPS.
+    pub fn ca(&self) -> PathBuf {
+        self.data.join("tls").join("ca.pem")
+    }
+
+    /// The startup line that starts with `prefix`, if ferryd printed one.
+    pub fn said(&self, prefix: &str) -> Option<&str> {
+        self.startup
+            .iter()
+            .find(|l| l.starts_with(prefix))
+            .map(String::as_str)
     }
 
     pub fn pid(&self) -> u32 {
@@ -134,14 +157,49 @@ impl Daemon {
     /// Sends SIGTERM and waits for ferryd to exit. Returns its exit status
     /// and every stdout line it printed after it started listening.
     pub fn terminate(&mut self) -> (ExitStatus, Vec<String>) {
+        self.sigterm();
+        self.wait_exit(Vec::new())
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn sigterm(&self) {
         let status = Command::new("sh")
             .arg("-c")
             .arg(format!("kill -TERM {}", self.pid()))
             .status()
             .expect("running kill");
         assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits for a stdout line starting with `prefix`; returns the lines up
+    /// to and including it.
+    pub fn wait_line(&mut self, prefix: &str) -> Vec<String> {
         let deadline = Instant::now() + PATIENCE;
         let mut said = Vec::new();
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    let done = line.starts_with(prefix);
+                    said.push(line);
+                    if done {
+                        return said;
+                    }
+                }
+                Err(e) => panic!(
+                    "ferryd did not say {prefix:?} ({e:?}); it said {said:?}; log:\n{}",
+                    self.log_text()
+                ),
+            }
+        }
+    }
+
+    /// Waits for ferryd to exit (after a SIGTERM); `said` are lines already
+    /// read since. Returns its exit status and every line it printed.
+    pub fn wait_exit(&mut self, mut said: Vec<String>) -> (ExitStatus, Vec<String>) {
+        let deadline = Instant::now() + PATIENCE;
         loop {
             match self
                 .lines
@@ -160,11 +218,14 @@ impl Daemon {
         (status, said)
     }
 
-    fn command(&self) -> Command {
+    /// A `ferry` command with none of the runner's FERRY_* settings, run
+    /// beside the data directory.
+    pub fn command(&self) -> Command {
         let mut c = Command::new(ferry_bin());
         c.env_remove("FERRY_SERVER")
             .env_remove("FERRY_TOKEN")
             .env_remove("FERRY_TOKEN_FILE")
+            .env_remove("FERRY_CA")
             .stdin(Stdio::null());
         if let Some(dir) = self.data.parent() {
             // no ./ferry-data there, so the CLI never falls back to a token file
@@ -233,7 +294,7 @@ pub struct Out {
 }
 
 impl Out {
-    fn run(mut c: Command, args: &[&str]) -> Out {
+    pub fn run(mut c: Command, args: &[&str]) -> Out {
         let out = c.output().expect("running ferry");
         Out {
             args: args.iter().map(|s| s.to_string()).collect(),
@@ -271,6 +332,18 @@ impl Out {
             "`ferry {}` did not print {needle:?}:\n{}",
             self.args.join(" "),
             self.stdout
+        );
+        self
+    }
+
+    /// Asserts stderr holds `needle`.
+    #[track_caller]
+    pub fn complains(self, needle: &str) -> Out {
+        assert!(
+            self.stderr.contains(needle),
+            "`ferry {}` did not say {needle:?} on stderr:\n{}",
+            self.args.join(" "),
+            self.stderr
         );
         self
     }
