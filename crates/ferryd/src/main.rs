@@ -167,13 +167,16 @@ async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>
     let listener = tokio::net::TcpListener::bind(api)
         .await
         .with_context(|| format!("listening on {api}"))?;
+    // before saying where we listen: a SIGTERM right after that must stop
+    // ferryd cleanly, not kill it
+    let stop = shutdown()?;
     println!("ferryd: store in {}", data.display());
     println!(
         "ferryd: API listening on {}://{}",
         if https { "https" } else { "http" },
         listener.local_addr()?
     );
-    serve::serve(listener, ferry_api::router(state), transport, shutdown())
+    serve::serve(listener, ferry_api::router(state), transport, stop)
         .await
         .context("serving the API")?;
     tokio::task::spawn_blocking(move || store.flush_all())
@@ -184,13 +187,16 @@ async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>
     Ok(())
 }
 
-async fn shutdown() {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends on either.
+fn shutdown() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing the SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    println!("ferryd: stopping: finishing in-flight requests");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        println!("ferryd: stopping: finishing in-flight requests");
+    })
 }
