@@ -7,6 +7,7 @@
 
 mod client;
 mod context;
+mod ops;
 mod output;
 
 use anyhow::{Result, bail};
@@ -96,6 +97,9 @@ enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Which API operation each command calls (for the tests), as JSON
+    #[command(name = "__operations", hide = true)]
+    Operations,
 }
 
 #[derive(Subcommand, Debug)]
@@ -396,6 +400,10 @@ fn local(cli: &Cli) -> Result<bool> {
             clap_complete::generate(*shell, &mut Cli::command(), "ferry", &mut std::io::stdout());
             Ok(true)
         }
+        Command::Operations => {
+            println!("{:#}", ops::describe(&Cli::command()));
+            Ok(true)
+        }
         _ => Ok(false),
     }
 }
@@ -665,7 +673,9 @@ async fn run(cli: Cli) -> Result<i32> {
                 output::done(out, &format!("deleted user {name}"));
             }
         },
-        Command::Context(_) | Command::Completions { .. } => unreachable!("handled by local()"),
+        Command::Context(_) | Command::Completions { .. } | Command::Operations => {
+            unreachable!("handled by local()")
+        }
         Command::Token(cmd) => match cmd {
             TokenCmd::Create { user } => {
                 let v = client
