@@ -6,7 +6,7 @@
 #   3. 4 KiB random read / write IOPS, engine vs pread/pwrite, with 0 and 32
 #      snapshots in the chain (goal >= 0.8x)
 #
-#   bash bench/engine.sh                      # full run (~12 GiB of disk, a few minutes)
+#   bash bench/engine.sh                      # full run (~14 GiB of disk, a few minutes)
 #   FERRY_BENCH_QUICK=1 bash bench/engine.sh  # smoke run with small sizes
 #   FERRY_BENCH_DIR=/mnt/fast bash bench/engine.sh   # work under another directory
 set -euo pipefail
@@ -33,7 +33,7 @@ if compgen -G "$base/.trash.*" >/dev/null; then
     rm -rf "$base"/.trash.* 2>/dev/null || true
     echo "  took $((SECONDS - t0)) s"
 fi
-if [ "$quick" = 1 ]; then need_gib=2; else need_gib=12; fi
+if [ "$quick" = 1 ]; then need_gib=2; else need_gib=14; fi
 avail_kib="$(df -Pk "$base" | awk 'NR == 2 {print $4}')"
 echo "disk:    $((avail_kib / 1048576)) GiB free under $base ($(df -P "$base" | awk 'NR == 2 {print $1}')), ~$need_gib GiB needed"
 if [ "$avail_kib" -lt $((need_gib * 1048576)) ]; then
