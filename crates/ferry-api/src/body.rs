@@ -33,7 +33,8 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 let mut err = ApiError::bad_request(format!("invalid request body: {}", e.inner()));
                 // serde_path_to_error says "?" when the body broke off before any field
                 if field != "." && field != "?" {
-                    err = err.field(field);
+                    err = ApiError::bad_request(format!("invalid {field}: {}", e.inner()))
+                        .field(field);
                 } else if let Some(f) = missing_field(&e.inner().to_string()) {
                     err = err.field(f);
                 }
