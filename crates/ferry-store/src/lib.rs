@@ -24,6 +24,7 @@
 pub mod catalog;
 pub mod error;
 pub mod layer;
+pub mod progress;
 mod resolve;
 pub mod storage;
 mod store;
@@ -31,9 +32,11 @@ mod types;
 mod volume;
 
 pub use error::{Result, StoreError};
+pub use progress::Progress;
 pub use roaring::RoaringBitmap;
 pub use store::{
-    DiffEnd, GroupInfo, MemberInfo, SnapshotInfo, SpaceInfo, Store, SyncReport, Target, VolumeInfo,
+    DiffEnd, GcOutcome, GroupInfo, MemberInfo, SnapshotInfo, SpaceInfo, Store, SyncReport, Target,
+    VolumeInfo,
 };
 pub use types::{
     BLOCK_SIZE, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId, parse_size,

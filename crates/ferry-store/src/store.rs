@@ -17,6 +17,7 @@ use crate::catalog::{
 };
 use crate::error::{Result, StoreError};
 use crate::layer::{self, BlockState, Layer};
+use crate::progress::Progress;
 use crate::storage::{FsStorage, Storage};
 use crate::types::{
     BLOCK, BLOCK_SIZE, GroupId, LayerId, SnapshotId, SnapshotKind, VolumeId, check_size,
@@ -117,7 +118,7 @@ pub struct SpaceInfo {
 }
 
 /// What a sync did.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SyncReport {
     /// The snapshot of the target taken first, to undo the sync.
@@ -139,6 +140,16 @@ struct Inner {
     volumes: RwLock<HashMap<VolumeId, Arc<Volume>>>,
     layers: RwLock<HashMap<LayerId, Arc<Layer>>>,
     _lock: Option<std::fs::File>,
+}
+
+/// How a garbage collection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GcOutcome {
+    /// Nothing is left to delete or merge.
+    Finished,
+    /// Stopped at a checkpoint because the progress was cancelled; the store
+    /// is correct and the next collection (or open) does the rest.
+    Cancelled,
 }
 
 /// Plan of one garbage-collection step.
@@ -714,12 +725,25 @@ impl Store {
     /// deleted) while reads and writes go on; a crash at any point resumes at
     /// the next open.
     pub fn delete_snapshot(&self, target: Target<'_>, name: &str) -> Result<()> {
-        {
-            let mut cat = self.inner.catalog.lock();
-            let rec = self.snapshot_rec(&cat.state, target, name)?;
-            cat.commit(vec![Change::DelSnapshot(rec.id)])?;
-        }
+        self.delete_snapshot_record(target, name)?;
         self.collect_garbage()
+    }
+
+    /// The first, atomic half of [`Store::delete_snapshot`]: removes the
+    /// snapshot from the catalog in one transaction and returns what it was.
+    /// Once this returns the snapshot is gone for every reader; its space is
+    /// given back by the next [`Store::collect_garbage_with`] (or open).
+    pub fn delete_snapshot_record(&self, target: Target<'_>, name: &str) -> Result<SnapshotInfo> {
+        let mut cat = self.inner.catalog.lock();
+        let rec = self.snapshot_rec(&cat.state, target, name)?;
+        let info = snapshot_info(&cat.state, &rec);
+        cat.commit(vec![Change::DelSnapshot(rec.id)])?;
+        Ok(info)
+    }
+
+    /// Whether a snapshot with this id still exists.
+    pub fn snapshot_exists(&self, id: SnapshotId) -> bool {
+        self.inner.catalog.lock().state.snapshots.contains_key(&id)
     }
 
     /// Reads one volume of a snapshot.
@@ -854,22 +878,35 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces `slots` of group `target` by clones of the source snapshot's
-    /// slots, leaving its other slots as they are. The target's state just
-    /// before is kept as an undo snapshot, taken at the same instant.
-    pub fn sync(
+    /// Checks that [`Store::sync`] with these arguments would be accepted
+    /// now, without changing anything (so a caller can refuse bad input at
+    /// once and run the sync itself later).
+    pub fn check_sync(
         &self,
         source_group: &str,
         snapshot: &str,
         target: &str,
         slots: &[&str],
-    ) -> Result<SyncReport> {
+    ) -> Result<()> {
+        let cat = self.inner.catalog.lock();
+        self.plan_sync(&cat.state, source_group, snapshot, target, slots)
+            .map(|_| ())
+    }
+
+    /// The target group and, per slot to replace, the source member.
+    fn plan_sync(
+        &self,
+        state: &crate::catalog::CatalogState,
+        source_group: &str,
+        snapshot: &str,
+        target: &str,
+        slots: &[&str],
+    ) -> Result<(GroupRec, BTreeMap<String, MemberRec>)> {
         if slots.is_empty() {
             return Err(StoreError::Invalid("a sync needs at least one slot"));
         }
-        let mut cat = self.inner.catalog.lock();
-        let src = self.snapshot_rec(&cat.state, Target::Group(source_group), snapshot)?;
-        let trec = self.group_rec(&cat.state, target)?;
+        let src = self.snapshot_rec(state, Target::Group(source_group), snapshot)?;
+        let trec = self.group_rec(state, target)?;
         // A source snapshot of the target itself is allowed: it rolls slots back.
         let mut rebase = BTreeMap::new();
         for slot in slots {
@@ -887,6 +924,21 @@ impl Store {
             }
             rebase.insert(slot.to_string(), m.clone());
         }
+        Ok((trec, rebase))
+    }
+
+    /// Replaces `slots` of group `target` by clones of the source snapshot's
+    /// slots, leaving its other slots as they are. The target's state just
+    /// before is kept as an undo snapshot, taken at the same instant.
+    pub fn sync(
+        &self,
+        source_group: &str,
+        snapshot: &str,
+        target: &str,
+        slots: &[&str],
+    ) -> Result<SyncReport> {
+        let mut cat = self.inner.catalog.lock();
+        let (trec, rebase) = self.plan_sync(&cat.state, source_group, snapshot, target, slots)?;
         let base = format!("undo-sync-{}", now() / 1_000_000_000);
         let mut undo = base.clone();
         let mut n = 1;
@@ -1060,15 +1112,32 @@ impl Store {
     /// Deletes layers nothing needs and merges layers only one child needs,
     /// until neither is left. Runs after deletions and at open; idempotent.
     pub fn collect_garbage(&self) -> Result<()> {
+        self.collect_garbage_with(&Progress::new()).map(|_| ())
+    }
+
+    /// [`Store::collect_garbage`], reporting blocks merged into `progress`
+    /// (`total` is what is done plus what is left, re-estimated before every
+    /// step) and stopping at the next checkpoint once it is cancelled:
+    /// between steps, and between merge chunks. A stopped merge leaves the
+    /// blocks it copied in the child, which the parent showed anyway; the
+    /// next collection skips them.
+    pub fn collect_garbage_with(&self, progress: &Progress) -> Result<GcOutcome> {
         let _gc = self.inner.gc.lock();
         loop {
             let step = {
                 let cat = self.inner.catalog.lock();
+                let left = self.gc_estimate(&cat.state)?;
+                progress.set_total(progress.done() + left);
                 plan_gc(&cat.state)
             };
+            let Some(step) = step else {
+                return Ok(GcOutcome::Finished);
+            };
+            if progress.checkpoint() {
+                return Ok(GcOutcome::Cancelled);
+            }
             match step {
-                None => return Ok(()),
-                Some(GcStep::Delete(id)) => {
+                GcStep::Delete(id) => {
                     self.inner
                         .catalog
                         .lock()
@@ -1076,9 +1145,25 @@ impl Store {
                     self.inner.layers.write().remove(&id);
                     Layer::remove_files(&self.inner.storage, id).map_err(io_err("removing", id))?;
                 }
-                Some(GcStep::Merge { from, into }) => self.merge(from, into)?,
+                GcStep::Merge { from, into } => {
+                    if !self.merge(from, into, progress)? {
+                        return Ok(GcOutcome::Cancelled);
+                    }
+                }
             }
         }
+    }
+
+    /// Blocks the merges garbage collection can plan now would copy.
+    fn gc_estimate(&self, state: &crate::catalog::CatalogState) -> Result<u64> {
+        let mut left = 0;
+        for (from, into) in gc_merges(state) {
+            let (src, dst) = (self.layer(from)?, self.layer(into)?);
+            left += src.with_map(|s| {
+                dst.with_map(|d| s.present.len() - s.present.intersection_len(&d.present))
+            });
+        }
+        Ok(left)
     }
 
     /// Merges layer `from` into its only child `into`: copies every block of
@@ -1086,12 +1171,19 @@ impl Store {
     /// The copy holds `into`'s volume barrier a chunk at a time, so I/O goes
     /// on. Until the catalog commit, the chain still holds `from`, and every
     /// block copied is one `from` already showed: a crash changes nothing seen.
-    fn merge(&self, from: LayerId, into: LayerId) -> Result<()> {
+    /// Returns false when `progress` was cancelled at a chunk boundary (the
+    /// blocks copied so far are persisted; `from` stays in the chain).
+    fn merge(&self, from: LayerId, into: LayerId, progress: &Progress) -> Result<bool> {
         let (src, dst) = (self.layer(from)?, self.layer(into)?);
         let todo = src.with_map(|s| dst.with_map(|d| &s.present - &d.present));
         let mut buf = vec![0u8; MERGE_CHUNK * BLOCK];
         let mut iter = todo.iter().peekable();
         while iter.peek().is_some() {
+            // No lock is held here: stopping leaves a correct store.
+            if progress.checkpoint() {
+                dst.persist().map_err(io_err("merging into", into))?;
+                return Ok(false);
+            }
             let chunk: Vec<u32> = iter.by_ref().take(MERGE_CHUNK).collect();
             let owner = self
                 .inner
@@ -1100,7 +1192,7 @@ impl Store {
                 .values()
                 .find(|v| v.state.read().head().id == into)
                 .cloned();
-            let _barrier = owner.as_ref().map(|v| v.state.write());
+            let barrier = owner.as_ref().map(|v| v.state.write());
             let (mut data, mut zero) = (RoaringBitmap::new(), RoaringBitmap::new());
             let mut i = 0;
             while i < chunk.len() {
@@ -1137,6 +1229,8 @@ impl Store {
                 }
             }
             dst.mark_merged(&data, &zero);
+            drop(barrier);
+            progress.add_done(chunk.len() as u64);
         }
         dst.persist().map_err(io_err("merging into", into))?;
         {
@@ -1165,8 +1259,32 @@ impl Store {
         self.inner.layers.write().remove(&from);
         Layer::remove_files(&self.inner.storage, from).map_err(io_err("removing", from))?;
         dst.compact().map_err(io_err("compacting", into))?;
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Every merge garbage collection could plan now: a layer nothing needs
+/// into its only child.
+fn gc_merges(state: &crate::catalog::CatalogState) -> Vec<(LayerId, LayerId)> {
+    let mut needed: BTreeSet<LayerId> = state.volumes.values().map(|v| v.head).collect();
+    for s in state.snapshots.values() {
+        needed.extend(s.members.values().map(|m| m.layer));
+    }
+    let mut children: BTreeMap<LayerId, Vec<LayerId>> = BTreeMap::new();
+    for l in state.layers.values() {
+        if let Some(p) = l.parent {
+            children.entry(p).or_default().push(l.id);
+        }
+    }
+    state
+        .layers
+        .keys()
+        .filter(|id| !needed.contains(id))
+        .filter_map(|id| match children.get(id).map(Vec::as_slice) {
+            Some([only]) => Some((*id, *only)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The next garbage-collection step, if any.

@@ -1,7 +1,8 @@
 //! Behaviour of the engine's operations, one scenario per test.
 
 use ferry_store::storage::MemStorage;
-use ferry_store::{DiffEnd, SnapshotKind, Store, StoreError, Target};
+use ferry_store::storage::Storage;
+use ferry_store::{DiffEnd, GcOutcome, Progress, SnapshotKind, Store, StoreError, Target};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -252,4 +253,133 @@ fn the_largest_volume_holds_its_last_block_on_disk() {
         store.create_volume("bigger", max + 4096),
         Err(StoreError::InvalidSize { .. })
     ));
+}
+
+fn snapshot_bytes(store: &Store, group: &str, snap: &str, len: usize) -> Vec<u8> {
+    let r = store
+        .open_snapshot(Target::Group(group), snap, Some("data"))
+        .unwrap();
+    let mut buf = vec![0u8; len];
+    r.read(&mut buf, 0).unwrap();
+    buf
+}
+
+fn layer_count(storage: &MemStorage) -> usize {
+    storage
+        .list_dir("layers")
+        .unwrap()
+        .iter()
+        .filter(|n| n.ends_with(".map"))
+        .count()
+}
+
+/// A snapshot deletion's reclaim stopped in the middle of a merge into the
+/// live head: every block reads as before, and a later collection (or an
+/// open) finishes it.
+#[test]
+fn a_cancelled_merge_leaves_every_block_and_a_later_collection_finishes() {
+    const BLOCKS: usize = 2048;
+    let (storage, store) = mem_store();
+    store.create_volume("v", (BLOCKS * 4096) as u64).unwrap();
+    store.create_group("g", &[("data", "v")]).unwrap();
+    let v = store.volume("v").unwrap();
+    let len = BLOCKS * 4096;
+    // s0: every block 1; s1: every block but 0..100 rewritten as 2; live: 0..100 and 300..400 as 3
+    let mut s0 = pattern(1, len);
+    s0.iter_mut().step_by(4096).for_each(|b| *b = 0xa1);
+    v.write(&s0, 0, false).unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s0", SnapshotKind::Crash)
+        .unwrap();
+    let mut s1 = s0.clone();
+    s1[100 * 4096..].copy_from_slice(&pattern(2, len - 100 * 4096));
+    v.write(&s1[100 * 4096..], 100 * 4096, false).unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s1", SnapshotKind::Crash)
+        .unwrap();
+    let mut live = s1.clone();
+    for range in [0..100, 300..400] {
+        let (a, b) = (range.start * 4096, range.end * 4096);
+        live[a..b].copy_from_slice(&pattern(3, b - a));
+        v.write(&live[a..b], a as u64, false).unwrap();
+    }
+    assert_eq!(layer_count(&storage), 3);
+
+    let gone = store
+        .delete_snapshot_record(Target::Group("g"), "s1")
+        .unwrap();
+    assert_eq!(gone.name, "s1");
+    assert!(!store.snapshot_exists(gone.id));
+    assert!(store.snapshot(Target::Group("g"), "s1").is_err());
+    // cancel once two chunks (512 blocks) are merged
+    let progress = Progress::new().with_hook(Arc::new(|p: &Progress| {
+        if p.done() >= 512 {
+            p.cancel();
+        }
+    }));
+    assert_eq!(
+        store.collect_garbage_with(&progress).unwrap(),
+        GcOutcome::Cancelled
+    );
+    // the merge copies s1's blocks the live head does not hide
+    assert_eq!(progress.total(), (BLOCKS - 100 - 100) as u64);
+    assert_eq!(progress.done(), 512);
+    assert_eq!(layer_count(&storage), 3, "s1's layer is still in the chain");
+    assert_eq!(read(&store, "v", 0, len), live);
+    assert_eq!(snapshot_bytes(&store, "g", "s0", len), s0);
+    // I/O goes on between the two halves
+    live[1000 * 4096..1001 * 4096].copy_from_slice(&pattern(4, 4096));
+    v.write(&pattern(4, 4096), 1000 * 4096, false).unwrap();
+    v.flush().unwrap();
+
+    let rest = Progress::new();
+    assert_eq!(
+        store.collect_garbage_with(&rest).unwrap(),
+        GcOutcome::Finished
+    );
+    assert_eq!(rest.done(), rest.total());
+    assert_eq!(rest.done(), (BLOCKS - 200 - 512 - 1) as u64);
+    assert_eq!(layer_count(&storage), 2, "s1's layer is merged away");
+    assert_eq!(read(&store, "v", 0, len), live);
+    assert_eq!(snapshot_bytes(&store, "g", "s0", len), s0);
+    drop(v);
+    drop(store);
+    let store = Store::open_storage(storage.clone()).unwrap();
+    assert_eq!(read(&store, "v", 0, len), live);
+    assert_eq!(snapshot_bytes(&store, "g", "s0", len), s0);
+    assert_eq!(layer_count(&storage), 2);
+}
+
+/// A reclaim cancelled before it copied anything is finished by the next open.
+#[test]
+fn a_cancelled_reclaim_resumes_at_open() {
+    let (storage, store) = mem_store();
+    store.create_volume("v", 4 * MIB).unwrap();
+    store.create_group("g", &[("data", "v")]).unwrap();
+    let v = store.volume("v").unwrap();
+    let data = pattern(7, (4 * MIB) as usize);
+    v.write(&data, 0, false).unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s", SnapshotKind::Crash)
+        .unwrap();
+    v.write(&pattern(8, 4096), 0, false).unwrap();
+    v.flush().unwrap();
+    store
+        .delete_snapshot_record(Target::Group("g"), "s")
+        .unwrap();
+    let progress = Progress::new();
+    progress.cancel();
+    assert_eq!(
+        store.collect_garbage_with(&progress).unwrap(),
+        GcOutcome::Cancelled
+    );
+    assert_eq!(progress.done(), 0);
+    assert_eq!(layer_count(&storage), 2);
+    drop(v);
+    drop(store);
+    let store = Store::open_storage(storage.clone()).unwrap();
+    assert_eq!(layer_count(&storage), 1);
+    let mut want = data;
+    want[..4096].copy_from_slice(&pattern(8, 4096));
+    assert_eq!(read(&store, "v", 0, want.len()), want);
 }
