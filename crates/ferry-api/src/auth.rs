@@ -26,6 +26,7 @@ pub enum Privilege {
     Sync,
     SpaceRead,
     JobRead,
+    JobCancel,
     AuditRead,
     UserRead,
     UserWrite,
@@ -40,7 +41,7 @@ impl Privilege {
         }
     }
 
-    pub const ALL: [Privilege; 14] = [
+    pub const ALL: [Privilege; 15] = [
         Privilege::VolumeRead,
         Privilege::VolumeWrite,
         Privilege::GroupRead,
@@ -52,6 +53,7 @@ impl Privilege {
         Privilege::Sync,
         Privilege::SpaceRead,
         Privilege::JobRead,
+        Privilege::JobCancel,
         Privilege::AuditRead,
         Privilege::UserRead,
         Privilege::UserWrite,
@@ -82,7 +84,9 @@ impl Role {
             }
             P::VolumeWrite | P::GroupWrite | P::UserWrite => matches!(self, R::Admin),
             P::SnapshotDelete | P::Clone | P::Sync => matches!(self, R::Admin | R::Operator),
-            P::GroupRead | P::SnapshotRead | P::SnapshotCreate | P::JobRead => {
+            // A scoped user reads and cancels only jobs on groups it sees
+            // (the job routes check).
+            P::GroupRead | P::SnapshotRead | P::SnapshotCreate | P::JobRead | P::JobCancel => {
                 matches!(self, R::Admin | R::Operator | R::User)
             }
         }

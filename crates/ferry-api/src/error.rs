@@ -44,6 +44,11 @@ impl ApiError {
         }
     }
 
+    pub fn with_message(mut self, message: impl Into<String>) -> ApiError {
+        self.message = message.into();
+        self
+    }
+
     pub fn field(mut self, field: impl Into<String>) -> ApiError {
         self.field = Some(field.into());
         self

@@ -5,7 +5,8 @@
 //! needs next to its handler; [`router`] builds the axum router from that
 //! table and wraps every route in [`guard`], which authenticates, authorizes,
 //! and appends the audit record — allowed or denied. Handlers call the
-//! synchronous engine on the blocking pool.
+//! synchronous engine on the blocking pool; long operations run as
+//! [`jobs`] on threads of their own.
 //!
 //! What it must not do: touch disks other than through `ferry-store`, or
 //! answer a 5xx for bad input.
@@ -14,6 +15,7 @@ pub mod audit;
 pub mod auth;
 mod body;
 pub mod error;
+pub mod jobs;
 pub mod openapi;
 pub mod routes;
 
@@ -28,6 +30,7 @@ use std::sync::Arc;
 pub use audit::AuditLog;
 pub use auth::{Auth, Principal, Privilege, Role};
 pub use error::{ApiError, ApiResult};
+pub use jobs::Jobs;
 pub use routes::RouteInfo;
 
 /// Where the OpenAPI document is served (without a token).
@@ -47,11 +50,22 @@ struct Inner {
     store: ferry_store::Store,
     auth: Auth,
     audit: AuditLog,
+    jobs: Jobs,
     routes: HashMap<(Method, &'static str), RouteInfo>,
 }
 
 impl AppState {
+    /// State whose jobs are kept in memory only.
     pub fn new(store: ferry_store::Store, auth: Auth, audit: AuditLog) -> AppState {
+        AppState::with_jobs(store, auth, audit, Jobs::in_memory())
+    }
+
+    pub fn with_jobs(
+        store: ferry_store::Store,
+        auth: Auth,
+        audit: AuditLog,
+        jobs: Jobs,
+    ) -> AppState {
         let routes = routes::table()
             .into_iter()
             .map(|r| ((r.method.clone(), r.path), r))
@@ -61,6 +75,7 @@ impl AppState {
                 store,
                 auth,
                 audit,
+                jobs,
                 routes,
             }),
         }
@@ -76,6 +91,10 @@ impl AppState {
 
     pub fn audit(&self) -> &AuditLog {
         &self.inner.audit
+    }
+
+    pub fn jobs(&self) -> &Jobs {
+        &self.inner.jobs
     }
 }
 

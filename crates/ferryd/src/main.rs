@@ -1,5 +1,7 @@
 //! `ferryd`: opens the store, serves the HTTP API, and shuts down cleanly on
-//! SIGTERM (in-flight requests finish, every volume is flushed, exit 0).
+//! SIGTERM (running jobs stop at a safe point and stay recorded for the next
+//! start to settle, in-flight requests finish, every volume is flushed,
+//! exit 0).
 //!
 //! Starts with embedded defaults; every flag also has a key in the optional
 //! TOML config file. The first start creates an admin user and writes its
@@ -9,6 +11,11 @@
 //! The API speaks HTTPS on any address that is not loopback; on loopback it
 //! speaks plain HTTP unless `--tls` (`tls = true`) asks for HTTPS. There is no
 //! way to serve plain HTTP beyond the machine.
+//!
+//! Test-only: `FERRY_TEST_JOB_PAUSE=FILE` makes jobs wait at their safe
+//! points while FILE exists and they have done at least the number of units
+//! it holds (see `ferry_api::jobs`). End-to-end tests use it to catch a job
+//! in the middle; it is not meant for anything else.
 
 mod serve;
 mod tls;
@@ -18,6 +25,10 @@ use clap::Parser;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a stop waits for running jobs to reach a safe point.
+const JOB_STOP_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The ferry daemon.
 #[derive(Parser, Debug)]
@@ -158,7 +169,15 @@ async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>
     }
     let audit =
         ferry_api::AuditLog::open(data.join("audit.log")).context("opening the audit log")?;
-    let state = ferry_api::AppState::new(store.clone(), auth, audit);
+    // Opened after the store, whose garbage collection finished any
+    // interrupted reclaim: jobs a stop left running are settled against it.
+    let jobs =
+        ferry_api::Jobs::open(data.join("jobs.json"), &store).context("opening the jobs file")?;
+    if let Some(file) = std::env::var_os("FERRY_TEST_JOB_PAUSE") {
+        tracing::warn!(file = ?file, "FERRY_TEST_JOB_PAUSE is set: jobs pause while that file exists (a test-only knob)");
+        jobs.set_test_pause(Some(PathBuf::from(file)));
+    }
+    let state = ferry_api::AppState::with_jobs(store.clone(), auth, audit, jobs.clone());
     let identity = tls_identity(&data, &tls_names, https)?;
     let transport = match identity {
         Some(id) if https => serve::Transport::Tls(tokio_rustls::TlsAcceptor::from(id.config)),
@@ -169,7 +188,7 @@ async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>
         .with_context(|| format!("listening on {api}"))?;
     // before saying where we listen: a SIGTERM right after that must stop
     // ferryd cleanly, not kill it
-    let stop = shutdown()?;
+    let stop = shutdown(jobs.clone())?;
     println!("ferryd: store in {}", data.display());
     println!(
         "ferryd: API listening on {}://{}",
@@ -179,6 +198,15 @@ async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>
     serve::serve(listener, ferry_api::router(state), transport, stop)
         .await
         .context("serving the API")?;
+    let left = tokio::task::spawn_blocking(move || jobs.wait_idle(JOB_STOP_PATIENCE))
+        .await
+        .context("waiting for jobs")?;
+    if left > 0 {
+        // Recorded as running; the next start settles them.
+        println!(
+            "ferryd: {left} job(s) did not reach a safe point in time; leaving them to the next start"
+        );
+    }
     tokio::task::spawn_blocking(move || store.flush_all())
         .await
         .context("flushing")?
@@ -187,8 +215,9 @@ async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>
     Ok(())
 }
 
-/// Installs the SIGTERM and SIGINT handlers now; the future ends on either.
-fn shutdown() -> Result<impl std::future::Future<Output = ()>> {
+/// Installs the SIGTERM and SIGINT handlers now; the future ends on either,
+/// after asking running jobs to stop at a safe point.
+fn shutdown(jobs: ferry_api::Jobs) -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -197,6 +226,7 @@ fn shutdown() -> Result<impl std::future::Future<Output = ()>> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        println!("ferryd: stopping: finishing in-flight requests");
+        println!("ferryd: stopping: jobs stop at a safe point, in-flight requests finish");
+        jobs.stop();
     })
 }

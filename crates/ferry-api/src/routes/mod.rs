@@ -4,6 +4,7 @@
 
 mod admin;
 mod groups;
+mod jobs;
 mod snapshots;
 mod volumes;
 
@@ -246,10 +247,10 @@ pub fn table() -> Vec<RouteInfo> {
             "/v1/groups/{name}/snapshots/{snapshot}",
             "snapshot.delete",
             P::SnapshotDelete,
-            "Delete a snapshot",
+            "Delete a snapshot; its space is given back by a job",
             snapshots::delete,
         )
-        .no_content(),
+        .reply::<crate::jobs::Job>(S::ACCEPTED),
         route(
             M::GET,
             "/v1/groups/{name}/diff",
@@ -276,11 +277,38 @@ pub fn table() -> Vec<RouteInfo> {
             "/v1/sync",
             "sync.run",
             P::Sync,
-            "Replace slots of a group by clones of a snapshot",
+            "Replace slots of a group by clones of a snapshot, as a job",
             snapshots::sync,
         )
         .body::<snapshots::SyncRequest>()
-        .reply::<ferry_store::SyncReport>(S::OK),
+        .reply::<crate::jobs::Job>(S::ACCEPTED),
+        route(
+            M::GET,
+            "/v1/jobs",
+            "job.list",
+            P::JobRead,
+            "List jobs",
+            jobs::list,
+        )
+        .list::<crate::jobs::Job>(),
+        route(
+            M::GET,
+            "/v1/jobs/{id}",
+            "job.get",
+            P::JobRead,
+            "Show a job and its progress",
+            jobs::get,
+        )
+        .reply::<crate::jobs::Job>(S::OK),
+        route(
+            M::POST,
+            "/v1/jobs/{id}/cancel",
+            "job.cancel",
+            P::JobCancel,
+            "Ask a job to stop at its next safe point",
+            jobs::cancel,
+        )
+        .reply::<crate::jobs::Job>(S::ACCEPTED),
         route(
             M::GET,
             "/v1/space",

@@ -4,7 +4,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use ferry_store::{BLOCK_SIZE, DiffEnd, GroupInfo, SnapshotInfo, SnapshotKind, SyncReport, Target};
+use ferry_store::{BLOCK_SIZE, DiffEnd, GroupInfo, SnapshotInfo, SnapshotKind, Target};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -14,6 +14,7 @@ use super::groups::visible;
 use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::error::ApiError;
+use crate::jobs::{Job, JobParams};
 use crate::{AppState, error::ApiResult};
 
 #[derive(Deserialize, ToSchema)]
@@ -34,7 +35,7 @@ pub struct CloneRequest {
     new_group: String,
 }
 
-#[derive(Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
     /// `GROUP@SNAPSHOT`
@@ -108,15 +109,33 @@ pub async fn get(
     .await
 }
 
+/// Deletes the snapshot in one catalog transaction, then gives its space
+/// back in a job: 202 with the job.
 pub async fn delete(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     Path((group, snap)): Path<(String, String)>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<(StatusCode, Json<Job>)> {
     blocking(move || {
         visible(st.store(), &who, &group)?;
-        st.store().delete_snapshot(Target::Group(&group), &snap)?;
-        Ok(StatusCode::NO_CONTENT)
+        let gone = st
+            .store()
+            .delete_snapshot_record(Target::Group(&group), &snap)?;
+        let params = JobParams::SnapshotDelete {
+            group,
+            snapshot: snap,
+            snapshot_id: gone.id,
+        };
+        let job = st
+            .jobs()
+            .start(&who.user, params, st.store().clone())
+            .map_err(|e| {
+                ApiError::internal(format!(
+                    "the snapshot is deleted, but recording the job that gives its space back failed ({e}); \
+                     the space is given back when ferryd starts again"
+                ))
+            })?;
+        Ok((StatusCode::ACCEPTED, Json(job)))
     })
     .await
 }
@@ -184,17 +203,29 @@ pub(crate) fn split_ref<'a>(field: &str, s: &'a str) -> ApiResult<(&'a str, &'a 
     }
 }
 
+/// Checks the sync at once (bad input is a 4xx here, not a failed job),
+/// then runs it as a job: 202 with the job; its result is the `SyncReport`.
 pub async fn sync(
     State(st): State<AppState>,
     Extension(who): Extension<Principal>,
     JsonBody(req): JsonBody<SyncRequest>,
-) -> ApiResult<Json<SyncReport>> {
+) -> ApiResult<(StatusCode, Json<Job>)> {
     blocking(move || {
         let (group, snap) = split_ref("source", &req.source)?;
         visible(st.store(), &who, group)?;
         visible(st.store(), &who, &req.target)?;
         let slots: Vec<&str> = req.slots.iter().map(String::as_str).collect();
-        Ok(Json(st.store().sync(group, snap, &req.target, &slots)?))
+        st.store().check_sync(group, snap, &req.target, &slots)?;
+        let params = JobParams::Sync {
+            source: req.source,
+            target: req.target,
+            slots: req.slots,
+        };
+        let job = st
+            .jobs()
+            .start(&who.user, params, st.store().clone())
+            .map_err(|e| ApiError::internal(format!("recording the sync job failed: {e}")))?;
+        Ok((StatusCode::ACCEPTED, Json(job)))
     })
     .await
 }
