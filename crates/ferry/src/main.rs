@@ -7,6 +7,7 @@
 
 mod client;
 mod context;
+mod job;
 mod ops;
 mod output;
 
@@ -80,6 +81,9 @@ enum Command {
     Sync(SyncArgs),
     /// Space used per volume
     Space,
+    /// Long operations (a deleted snapshot's space, sync): list, show, cancel
+    #[command(subcommand)]
+    Job(JobCmd),
     /// The tamper-evident record of every change
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -187,8 +191,13 @@ enum SnapshotCmd {
     List { group: String },
     /// Show one snapshot: GROUP@SNAP
     Show { snapshot: String },
-    /// Delete a snapshot: GROUP@SNAP
-    Delete { snapshot: String },
+    /// Delete a snapshot: GROUP@SNAP; waits while its space is given back
+    Delete {
+        snapshot: String,
+        /// Return at once, printing the id of the job that gives the space back
+        #[arg(long)]
+        no_wait: bool,
+    },
     /// Blocks changed between GROUP@A and GROUP@B (or GROUP@live)
     Diff { from: String, to: String },
 }
@@ -216,6 +225,24 @@ struct SyncArgs {
     /// JSON file: a list of {"source": "GROUP@SNAP", "target": "GROUP", "slots": [...]}
     #[arg(long, conflicts_with_all = ["snapshot", "to", "slots"])]
     mappings: Option<String>,
+    /// Return at once, printing the id of each sync's job
+    #[arg(long)]
+    no_wait: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum JobCmd {
+    /// List jobs, oldest first
+    List,
+    /// Show one job and its progress: `ferry job show job-3`
+    Show { id: String },
+    /// Ask a job to stop at its next safe point, and wait until it stopped
+    Cancel {
+        id: String,
+        /// Return at once instead of waiting for the job to stop
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -267,6 +294,15 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// What `--no-wait` prints: the job's id, or the job as JSON.
+fn print_started(out: Format, job: &Value) -> Result<()> {
+    match out {
+        Format::Table => println!("{}", job::id(job)?),
+        Format::Json => println!("{}", serde_json::to_string_pretty(job)?),
+    }
+    Ok(())
 }
 
 fn split_ref(s: &str) -> Result<(&str, &str)> {
@@ -545,12 +581,26 @@ async fn run(cli: Cli) -> Result<i32> {
                     .await?;
                 print_object(out, &v, &["name", "owner", "kind", "created", "members"]);
             }
-            SnapshotCmd::Delete { snapshot } => {
+            SnapshotCmd::Delete { snapshot, no_wait } => {
                 let (g, s) = split_ref(&snapshot)?;
-                client
+                let started = client
                     .delete(&format!("/v1/groups/{}/snapshots/{}", seg(g)?, seg(s)?))
                     .await?;
-                output::done(out, &format!("deleted snapshot {snapshot}"));
+                if no_wait {
+                    print_started(out, &started)?;
+                    return Ok(0);
+                }
+                let done = job::expect_done(job::wait(&client, started).await?)?;
+                let message = format!("deleted snapshot {snapshot}");
+                match out {
+                    Format::Table => println!("{message}"),
+                    Format::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({"ok": true, "message": message, "job": done})
+                        )?
+                    ),
+                }
             }
             SnapshotCmd::Diff { from, to } => {
                 let (g, a) = split_ref(&from)?;
@@ -580,7 +630,7 @@ async fn run(cli: Cli) -> Result<i32> {
             print_object(out, &v, &["name", "slots"]);
         }
         Command::Sync(a) => {
-            let jobs: Vec<Value> = match &a.mappings {
+            let mappings: Vec<Value> = match &a.mappings {
                 Some(file) => {
                     let text = std::fs::read_to_string(file)
                         .map_err(|e| anyhow::anyhow!("reading {file}: {e}"))?;
@@ -600,13 +650,22 @@ async fn run(cli: Cli) -> Result<i32> {
                 })],
             };
             let mut results = Vec::new();
-            for job in jobs {
-                let r = client.post("/v1/sync", &job).await?;
+            for mapping in mappings {
+                let started = client.post("/v1/sync", &mapping).await?;
+                if a.no_wait {
+                    if out == Format::Table {
+                        println!("{}", job::id(&started)?);
+                    }
+                    results.push(started);
+                    continue;
+                }
+                let done = job::expect_done(job::wait(&client, started).await?)?;
+                let r = &done["result"];
                 if out == Format::Table {
                     println!(
                         "synced {} into {} (slots {}); undo snapshot: {}",
-                        job["source"].as_str().unwrap_or("?"),
-                        job["target"].as_str().unwrap_or("?"),
+                        mapping["source"].as_str().unwrap_or("?"),
+                        mapping["target"].as_str().unwrap_or("?"),
                         r["slots"].as_array().map_or(String::new(), |s| s
                             .iter()
                             .filter_map(Value::as_str)
@@ -615,13 +674,43 @@ async fn run(cli: Cli) -> Result<i32> {
                         r["undo_snapshot"].as_str().unwrap_or("?")
                     );
                 }
-                results
-                    .push(json!({"source": job["source"], "target": job["target"], "result": r}));
+                results.push(json!({
+                    "source": mapping["source"],
+                    "target": mapping["target"],
+                    "job": done["id"],
+                    "result": r,
+                }));
             }
             if out == Format::Json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             }
         }
+        Command::Job(cmd) => match cmd {
+            JobCmd::List => job::print_jobs(out, &client.get("/v1/jobs").await?),
+            JobCmd::Show { id } => {
+                job::print_job(out, &client.get(&format!("/v1/jobs/{}", seg(&id)?)).await?)
+            }
+            JobCmd::Cancel { id, no_wait } => {
+                let asked = client
+                    .post(&format!("/v1/jobs/{}/cancel", seg(&id)?), &json!({}))
+                    .await?;
+                let job = if no_wait {
+                    asked
+                } else {
+                    job::wait(&client, asked).await?
+                };
+                match out {
+                    Format::Json => job::print_job(out, &job),
+                    Format::Table => match job["state"].as_str() {
+                        Some("cancelled") => println!("cancelled job {id}"),
+                        Some(state @ ("done" | "failed")) => {
+                            println!("job {id} finished ({state}) before it could stop")
+                        }
+                        _ => println!("asked job {id} to stop"),
+                    },
+                }
+            }
+        },
         Command::Space => print_list(
             out,
             &client.get("/v1/space").await?,

@@ -82,6 +82,7 @@ pub fn human(n: u64) -> String {
     n.to_string()
 }
 
+/// A list: a table of `columns`, or the JSON as it came.
 pub fn print_list(format: Format, v: &Value, columns: &[&str]) {
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(v).expect("json prints"));
@@ -96,6 +97,7 @@ pub fn print_list(format: Format, v: &Value, columns: &[&str]) {
     println!("{t}");
 }
 
+/// One object: `fields` one per line, or the JSON as it came.
 pub fn print_object(format: Format, v: &Value, fields: &[&str]) {
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(v).expect("json prints"));
