@@ -53,12 +53,21 @@ impl Daemon {
     /// Starts ferryd on a free port with its store in `data` and waits until
     /// it listens. Its stderr goes to `DATA.log` next to the data directory.
     pub fn start(data: &Path) -> Daemon {
-        Daemon::start_with(data, &[])
+        Daemon::spawn(data, &[], &[])
     }
 
     /// Like [`Daemon::start`] with more flags; `--api 127.0.0.1:0` unless
     /// `args` give `--api`.
     pub fn start_with(data: &Path, args: &[&str]) -> Daemon {
+        Daemon::spawn(data, args, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables for ferryd.
+    pub fn start_with_env(data: &Path, env: &[(&str, &Path)]) -> Daemon {
+        Daemon::spawn(data, &[], env)
+    }
+
+    fn spawn(data: &Path, args: &[&str], env: &[(&str, &Path)]) -> Daemon {
         let log = data.with_extension("log");
         let stderr = OpenOptions::new()
             .create(true)
@@ -74,6 +83,8 @@ impl Daemon {
             .arg(data)
             .args(args)
             .env("RUST_LOG", "info")
+            .env_remove("FERRY_TEST_JOB_PAUSE")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -216,6 +227,16 @@ impl Daemon {
         // stdout closed: the process is exiting; reap it.
         let status = self.child.wait().expect("waiting for ferryd");
         (status, said)
+    }
+
+    /// `ferry` as admin with `--server` and `--token`, not yet run.
+    pub fn command_as_admin(&self) -> Command {
+        let mut c = self.command();
+        c.arg("--server")
+            .arg(&self.url)
+            .arg("--token")
+            .arg(&self.admin);
+        c
     }
 
     /// A `ferry` command with none of the runner's FERRY_* settings, run
