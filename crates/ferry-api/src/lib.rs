@@ -192,11 +192,41 @@ async fn guard(
         return err.into_response();
     }
     let actor = principal.user.clone();
+    let dry_run = if mutating {
+        match wants_dry_run(req.uri().query()) {
+            Ok(d) => d,
+            Err(err) => {
+                // an unreadable dry_run must never run the change for real
+                record(&actor, "failed", err.status.as_u16());
+                return err.into_response();
+            }
+        }
+    } else {
+        false
+    };
     let mut req = req;
     req.extensions_mut().insert(principal);
-    let resp = next.run(req).await;
+    let resp = if dry_run {
+        // the route's plan answers instead of its handler: it checks and
+        // describes, and changes nothing
+        let Some(plan) = route.plan.clone() else {
+            let err =
+                ApiError::bad_request(format!("{} has no dry run", route.action)).field("dry_run");
+            record(&actor, "failed", err.status.as_u16());
+            return err.into_response();
+        };
+        use tower::ServiceExt;
+        match plan.with_state(state.clone()).oneshot(req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    } else {
+        next.run(req).await
+    };
     let status = resp.status();
-    let outcome = if status.is_success() {
+    let outcome = if status.is_success() && dry_run {
+        "dry_run"
+    } else if status.is_success() {
         "allowed"
     } else if status == axum::http::StatusCode::FORBIDDEN
         || status == axum::http::StatusCode::NOT_FOUND
@@ -208,6 +238,32 @@ async fn guard(
     };
     record(&actor, outcome, status.as_u16());
     resp
+}
+
+/// Whether the query asks for a dry run: `dry_run=true` (or `1`), once. Any
+/// other value, or two of them, is refused rather than taken for "no".
+fn wants_dry_run(query: Option<&str>) -> Result<bool, ApiError> {
+    let mut answer = None;
+    for kv in query.unwrap_or("").split('&') {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        if k != "dry_run" {
+            continue;
+        }
+        let this = match v {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "dry_run must be true or false, not {v:?}"
+                ))
+                .field("dry_run"));
+            }
+        };
+        if answer.replace(this).is_some() {
+            return Err(ApiError::bad_request("dry_run is given twice").field("dry_run"));
+        }
+    }
+    Ok(answer.unwrap_or(false))
 }
 
 /// The object a mutating request names: its path, plus the `name` of a JSON

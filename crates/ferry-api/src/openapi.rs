@@ -9,7 +9,7 @@ use utoipa::openapi::path::{
     HttpMethod, Operation, OperationBuilder, ParameterBuilder, ParameterIn,
 };
 use utoipa::openapi::request_body::RequestBodyBuilder;
-use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{
     ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApi, OpenApiBuilder, PathItem,
@@ -146,6 +146,19 @@ fn operation(
                 )),
         );
     }
+    if r.plan.is_some() {
+        op = op.parameter(
+            ParameterBuilder::new()
+                .name("dry_run")
+                .parameter_in(ParameterIn::Query)
+                .required(Required::False)
+                .description(Some(
+                    "Check the request against the current state and answer 200 with \
+                     the changes it would make (a Plan), changing nothing.",
+                ))
+                .schema(Some(ObjectBuilder::new().schema_type(Type::Boolean))),
+        );
+    }
     if let Some(body) = r.body {
         op = op.request_body(Some(
             RequestBodyBuilder::new()
@@ -162,11 +175,31 @@ fn operation(
         .unwrap_or_else(|| panic!("route {} declares no reply", r.action));
     let mut ok = ResponseBuilder::new()
         .description(status.canonical_reason().unwrap_or("Success").to_owned());
-    if let Some(reply) = reply {
-        ok = ok.content(
-            JSON,
-            ContentBuilder::new().schema(Some(reply(comps))).build(),
-        );
+    let plan = r
+        .plan
+        .as_ref()
+        .map(|_| schema_of::<crate::routes::Plan>(comps));
+    let mut dry = None;
+    match (reply, plan) {
+        // a 200 reply is either the result or, for a dry run, the plan
+        (Some(reply), Some(plan)) if status == axum::http::StatusCode::OK => {
+            let either = OneOfBuilder::new().item(reply(comps)).item(plan);
+            ok = ok.content(JSON, ContentBuilder::new().schema(Some(either)).build());
+        }
+        (reply, plan) => {
+            if let Some(reply) = reply {
+                ok = ok.content(
+                    JSON,
+                    ContentBuilder::new().schema(Some(reply(comps))).build(),
+                );
+            }
+            dry = plan.map(|plan| {
+                ResponseBuilder::new()
+                    .description("Dry run: what would change")
+                    .content(JSON, ContentBuilder::new().schema(Some(plan)).build())
+                    .build()
+            });
+        }
     }
     let err = |what: &str| {
         ResponseBuilder::new()
@@ -177,8 +210,11 @@ fn operation(
             )
             .build()
     };
-    let responses = ResponsesBuilder::new()
-        .response(status.as_u16().to_string(), ok.build())
+    let mut responses = ResponsesBuilder::new().response(status.as_u16().to_string(), ok.build());
+    if let Some(dry) = dry {
+        responses = responses.response("200", dry);
+    }
+    let responses = responses
         .response(
             "4XX",
             err(

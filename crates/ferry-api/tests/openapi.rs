@@ -48,6 +48,15 @@ fn every_route_is_one_documented_operation() {
                 op["responses"]["4XX"].is_object(),
                 "{id} documents no errors"
             );
+            if !matches!(r.method.as_str(), "GET" | "HEAD") {
+                assert!(r.plan.is_some(), "mutation {id} has no dry run");
+                assert!(
+                    op["parameters"]
+                        .as_array()
+                        .is_some_and(|ps| ps.iter().any(|p| p["name"] == "dry_run")),
+                    "{id} does not document dry_run"
+                );
+            }
             let ok = &op["responses"][r.reply.unwrap().0.as_str()];
             assert!(ok.is_object(), "{id} documents no success reply");
             // every `{param}` of the path is a documented parameter

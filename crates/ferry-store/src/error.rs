@@ -79,14 +79,14 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
         StoreError::NotFound {
             kind,
             name: name.into(),
         }
     }
 
-    pub(crate) fn exists(kind: &'static str, name: impl Into<String>) -> Self {
+    pub fn exists(kind: &'static str, name: impl Into<String>) -> Self {
         StoreError::AlreadyExists {
             kind,
             name: name.into(),

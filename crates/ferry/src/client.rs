@@ -28,6 +28,8 @@ pub enum Failure {
         message: String,
     },
     Unreachable(String),
+    /// A dry run answered with its plan, already printed: nothing changed.
+    DryRun,
 }
 
 impl Failure {
@@ -40,6 +42,7 @@ impl Failure {
                 _ => 1,
             },
             Failure::Unreachable(_) => 6,
+            Failure::DryRun => 0,
         }
     }
 }
@@ -49,6 +52,7 @@ impl fmt::Display for Failure {
         match self {
             Failure::Api { code, message, .. } => write!(f, "{message} ({code})"),
             Failure::Unreachable(m) => f.write_str(m),
+            Failure::DryRun => f.write_str("dry run: nothing changed"),
         }
     }
 }
@@ -59,6 +63,8 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    /// Mutations ask for a plan (`?dry_run=true`) and print it instead.
+    dry_run: Option<crate::Format>,
 }
 
 impl Client {
@@ -107,11 +113,23 @@ impl Client {
             http: http_client(&trust)?,
             base,
             token,
+            dry_run: None,
         })
     }
 
+    /// Makes every mutation a dry run whose plan is printed in `out`'s format.
+    pub fn dry_run(&mut self, out: crate::Format) {
+        self.dry_run = Some(out);
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value> {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        let dry = self.dry_run.filter(|_| method != Method::GET);
+        let url = match dry {
+            Some(_) if path.contains('?') => format!("{}{path}&dry_run=true", self.base),
+            Some(_) => format!("{}{path}?dry_run=true", self.base),
+            None => format!("{}{path}", self.base),
+        };
+        let mut req = self.http.request(method, url);
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
@@ -132,6 +150,10 @@ impl Client {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if status.is_success() {
+            if let Some(out) = dry {
+                print_plan(out, &value)?;
+                return Err(Failure::DryRun.into());
+            }
             return Ok(value);
         }
         let err = &value["error"];
@@ -268,4 +290,22 @@ fn chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     out
+}
+
+/// Prints a dry run's plan.
+fn print_plan(out: crate::Format, plan: &Value) -> Result<()> {
+    if out == crate::Format::Json {
+        println!("{}", serde_json::to_string_pretty(plan)?);
+        return Ok(());
+    }
+    println!("dry run, nothing changed; this would:");
+    for change in plan["changes"].as_array().into_iter().flatten() {
+        println!("  {}", change.as_str().unwrap_or("?"));
+    }
+    Ok(())
+}
+
+/// Whether an error is only the end of a dry run.
+pub fn is_dry_run(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<Failure>(), Some(Failure::DryRun))
 }

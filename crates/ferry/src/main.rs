@@ -54,6 +54,10 @@ struct Cli {
     /// Output format
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Check a change against the server's current state and print what it
+    /// would do, changing nothing
+    #[arg(long, global = true)]
+    dry_run: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -287,6 +291,7 @@ fn main() {
         .expect("starting the runtime");
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
+        Err(e) if client::is_dry_run(&e) => 0,
         Err(e) => {
             let code = e.downcast_ref::<Failure>().map_or(1, Failure::exit_code);
             eprintln!("error: {e:#}");
@@ -467,12 +472,15 @@ async fn run(cli: Cli) -> Result<i32> {
         .ca
         .clone()
         .or_else(|| site.as_ref().and_then(|s| s.ca.clone()));
-    let client = Client::new(
+    let mut client = Client::new(
         server.as_deref(),
         cli.token.as_deref(),
         token_file.as_deref(),
         ca.as_deref(),
     )?;
+    if cli.dry_run {
+        client.dry_run(out);
+    }
     match cli.command {
         Command::Volume(cmd) => match cmd {
             VolumeCmd::Create { name, size } => {
@@ -651,7 +659,11 @@ async fn run(cli: Cli) -> Result<i32> {
             };
             let mut results = Vec::new();
             for mapping in mappings {
-                let started = client.post("/v1/sync", &mapping).await?;
+                let started = match client.post("/v1/sync", &mapping).await {
+                    // each mapping's plan is printed; go on to the next
+                    Err(e) if client::is_dry_run(&e) => continue,
+                    r => r?,
+                };
                 if a.no_wait {
                     if out == Format::Table {
                         println!("{}", job::id(&started)?);
@@ -681,7 +693,7 @@ async fn run(cli: Cli) -> Result<i32> {
                     "result": r,
                 }));
             }
-            if out == Format::Json {
+            if out == Format::Json && !results.is_empty() {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             }
         }

@@ -837,3 +837,124 @@ fn the_commands_of_the_issue_work_as_written() {
         assert!(audit.stdout.contains(action), "audit lists {action}");
     }
 }
+
+/// `--dry-run` on every mutation: the server checks it against the current
+/// state and says what would change, and nothing changes; a dry run that
+/// would fail fails the same way.
+#[test]
+fn dry_runs_check_and_change_nothing() {
+    let dir = tempdir();
+    let d = Daemon::start(&dir.path().join("data"));
+    let f = |args: &str| {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        d.ferry(&args)
+    };
+    f("volume create a-data --size 1G").ok();
+    f("volume create a-log --size 1G").ok();
+    f("volume create spare --size 1G").ok();
+    f("group create a --slot data=a-data --slot log=a-log").ok();
+    f("group create b").ok();
+    f("snapshot create a --name s1").ok();
+    f("clone a@s1 --as t").ok();
+    f("user create helpdesk --role operator").ok();
+    let token = d.json(&["token", "list"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = || {
+        [
+            "volume list",
+            "group list",
+            "snapshot list a",
+            "snapshot list t",
+            "user list",
+            "token list",
+            "job list",
+            "space",
+        ]
+        .map(|c| {
+            let args: Vec<&str> = c.split_whitespace().collect();
+            d.json(&args)
+        })
+    };
+    let before = state();
+
+    let token_delete = format!("token delete {token} --dry-run");
+    for (cmd, says) in [
+        (
+            "volume create new --size 2G --dry-run",
+            "create volume new of 2147483648 bytes",
+        ),
+        (
+            "volume grow spare --size 2G --dry-run",
+            "grow volume spare from 1073741824 to 2147483648",
+        ),
+        ("volume delete spare --dry-run", "delete volume spare"),
+        (
+            "group create c --slot x=spare --dry-run",
+            "put volume spare in slot x",
+        ),
+        ("group delete b --dry-run", "delete group b"),
+        (
+            "group tag a env=prod --dry-run",
+            "tags of group a: (none) → env=prod",
+        ),
+        (
+            "group slot-set b x spare --dry-run",
+            "put volume spare in slot x of group b",
+        ),
+        (
+            "group slot-remove a log --dry-run",
+            "take slot log (volume a-log, which stays) out of group a",
+        ),
+        (
+            "snapshot create a --name s2 --dry-run",
+            "snapshot group a (slots data, log) as a@s2",
+        ),
+        ("snapshot delete a@s1 --dry-run", "delete snapshot a@s1"),
+        (
+            "clone a@s1 --as u --dry-run",
+            "slot data: new volume u-data",
+        ),
+        (
+            "sync a@s1 --to t --slots data --dry-run",
+            "take an undo snapshot of group t",
+        ),
+        (
+            "user create dev --role user --dry-run",
+            "create user dev with role user",
+        ),
+        ("user delete helpdesk --dry-run", "delete user helpdesk"),
+        (
+            "token create helpdesk --dry-run",
+            "make a new token for user helpdesk",
+        ),
+        (token_delete.as_str(), "revoke token"),
+    ] {
+        f(cmd).ok().says("dry run").says(says);
+    }
+    // the JSON form is the plan itself
+    let plan = d.json(&["volume", "create", "new", "--size", "2G", "--dry-run"]);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(plan["action"], "volume.create");
+    // what would fail fails the same way, with the same exit codes
+    f("volume create a-data --size 1G --dry-run").code(4);
+    f("volume grow spare --size 512M --dry-run").code(1);
+    f("volume delete a-data --dry-run").code(4);
+    f("snapshot delete a@nope --dry-run").code(3);
+    f("clone a@s1 --as t --dry-run").code(4);
+    f("sync a@s1 --to t --slots nope --dry-run").code(3);
+    f("user delete admin --dry-run").code(4);
+    f("volume create Bad/Name --size 1G --dry-run").code(1);
+
+    assert_eq!(state(), before, "a dry run changed something");
+    // and each dry run is in the audit log as one
+    let audit = d.json(&["audit", "list"]);
+    let dry = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "dry_run")
+        .count();
+    assert_eq!(dry, 17);
+}

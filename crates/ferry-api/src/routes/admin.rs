@@ -6,7 +6,7 @@ use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::blocking;
+use super::{Plan, blocking, plan};
 use crate::audit::{Record, Verdict};
 use crate::auth::{AuthError, Grant, Principal, Role, TokenInfo, User};
 use crate::body::JsonBody;
@@ -70,27 +70,7 @@ pub async fn user_create(
     JsonBody(req): JsonBody<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<User>)> {
     ferry_store::validate_name("user", &req.name)?;
-    let mut grants = Vec::new();
-    for g in &req.grants {
-        let Some((key, value)) = g.split_once('=') else {
-            return Err(
-                ApiError::bad_request(format!("grant {g:?} must look like key=value"))
-                    .field("grants"),
-            );
-        };
-        ferry_store::validate_name("tag key", key)
-            .map_err(|e| ApiError::from(e).field("grants"))?;
-        if !crate::body::tag_value_ok(value) {
-            return Err(ApiError::bad_request(format!(
-                "grant {g:?}: a tag value must be at most 255 characters without control characters"
-            ))
-            .field("grants"));
-        }
-        grants.push(Grant {
-            key: key.to_owned(),
-            value: value.to_owned(),
-        });
-    }
+    let grants = parse_grants(&req.grants)?;
     blocking(move || {
         let user = st.auth().create_user(User {
             name: req.name,
@@ -147,4 +127,120 @@ pub async fn token_delete(
         Ok(StatusCode::NO_CONTENT)
     })
     .await
+}
+
+/// Grants as `key=value` strings, checked.
+fn parse_grants(list: &[String]) -> ApiResult<Vec<Grant>> {
+    let mut grants = Vec::new();
+    for g in list {
+        let Some((key, value)) = g.split_once('=') else {
+            return Err(
+                ApiError::bad_request(format!("grant {g:?} must look like key=value"))
+                    .field("grants"),
+            );
+        };
+        ferry_store::validate_name("tag key", key)
+            .map_err(|e| ApiError::from(e).field("grants"))?;
+        if !crate::body::tag_value_ok(value) {
+            return Err(ApiError::bad_request(format!(
+                "grant {g:?}: a tag value must be at most 255 characters without control characters"
+            ))
+            .field("grants"));
+        }
+        grants.push(Grant {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        });
+    }
+    Ok(grants)
+}
+
+// ----- dry runs: check against the current state, change nothing -----
+
+pub async fn plan_user_create(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<CreateUser>,
+) -> ApiResult<Json<Plan>> {
+    ferry_store::validate_name("user", &req.name)?;
+    parse_grants(&req.grants)?;
+    if st.auth().list_users().iter().any(|u| u.name == req.name) {
+        return Err(AuthError::UserExists(req.name).into());
+    }
+    let role = serde_json::to_value(req.role)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut change = format!("create user {} with role {role}", req.name);
+    if !req.grants.is_empty() {
+        change.push_str(&format!(
+            ", seeing groups tagged {}",
+            req.grants.join(" or ")
+        ));
+    }
+    Ok(plan("user.create", vec![change]))
+}
+
+pub async fn plan_user_delete(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    if who.user == name {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "self",
+            format!("you are signed in as {name:?} and cannot delete yourself"),
+        )
+        .field("name"));
+    }
+    let users = st.auth().list_users();
+    let user = users
+        .iter()
+        .find(|u| u.name == name)
+        .ok_or_else(|| AuthError::NoUser(name.clone()))?;
+    let admins = users.iter().filter(|u| u.role == Role::Admin).count();
+    if user.role == Role::Admin && admins == 1 {
+        return Err(AuthError::LastAdmin(name).into());
+    }
+    let tokens = st
+        .auth()
+        .list_tokens()
+        .iter()
+        .filter(|t| t.user == name)
+        .count();
+    Ok(plan(
+        "user.delete",
+        vec![format!(
+            "delete user {name} and revoke its {tokens} token(s)"
+        )],
+    ))
+}
+
+pub async fn plan_token_create(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    if !st.auth().list_users().iter().any(|u| u.name == name) {
+        return Err(AuthError::NoUser(name).into());
+    }
+    Ok(plan(
+        "token.create",
+        vec![format!("make a new token for user {name}")],
+    ))
+}
+
+pub async fn plan_token_delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    let t = st
+        .auth()
+        .list_tokens()
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| AuthError::NoToken(id.clone()))?;
+    Ok(plan(
+        "token.delete",
+        vec![format!("revoke token {id} of user {}", t.user)],
+    ))
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
 
-use super::blocking;
+use super::{Plan, blocking, plan};
 use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::{AppState, error::ApiResult};
@@ -137,4 +137,178 @@ pub async fn remove_slot(
     Path((name, slot)): Path<(String, String)>,
 ) -> ApiResult<Json<GroupInfo>> {
     blocking(move || Ok(Json(st.store().remove_slot(&name, &slot)?))).await
+}
+
+// ----- dry runs: check against the current state, change nothing -----
+
+/// The volume, if it exists and is in no group.
+fn free_volume(store: &Store, volume: &str) -> ApiResult<()> {
+    let v = store
+        .list_volumes()
+        .into_iter()
+        .find(|v| v.name == volume)
+        .ok_or_else(|| StoreError::not_found("volume", volume))?;
+    if let (Some(g), Some(slot)) = (v.group, v.slot) {
+        return Err(StoreError::InUse {
+            kind: "volume",
+            name: volume.to_owned(),
+            reason: format!("it is already slot {slot:?} of group {g:?}"),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
+    for (k, v) in tags {
+        ferry_store::validate_name("tag key", k)?;
+        if !crate::body::tag_value_ok(v) {
+            return Err(StoreError::Invalid(
+                "a tag value must be at most 255 characters without control characters",
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn show_tags(tags: &BTreeMap<String, String>) -> String {
+    if tags.is_empty() {
+        return "(none)".into();
+    }
+    tags.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn plan_create(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<CreateGroup>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        let store = st.store();
+        ferry_store::validate_name("group", &req.name)?;
+        if store.group(&req.name).is_ok() {
+            return Err(StoreError::exists("group", &req.name).into());
+        }
+        let mut changes = vec![format!("create group {}", req.name)];
+        let mut seen = std::collections::BTreeSet::new();
+        for (slot, volume) in &req.slots {
+            ferry_store::validate_name("slot", slot)?;
+            free_volume(store, volume)?;
+            if !seen.insert(volume) {
+                return Err(StoreError::InUse {
+                    kind: "volume",
+                    name: volume.clone(),
+                    reason: "it is named for two slots".into(),
+                }
+                .into());
+            }
+            changes.push(format!("put volume {volume} in slot {slot}"));
+        }
+        check_tags(&req.tags)?;
+        if !req.tags.is_empty() {
+            changes.push(format!("tag it {}", show_tags(&req.tags)));
+        }
+        Ok(plan("group.create", changes))
+    })
+    .await
+}
+
+pub async fn plan_delete(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        let g = st.store().group(&name)?;
+        let snaps = st
+            .store()
+            .list_snapshots(ferry_store::Target::Group(&name))?
+            .len();
+        if snaps > 0 {
+            return Err(StoreError::InUse {
+                kind: "group",
+                name,
+                reason: format!("it has {snaps} snapshot(s); delete them first"),
+            }
+            .into());
+        }
+        let vols: Vec<String> = g.slots.values().cloned().collect();
+        Ok(plan(
+            "group.delete",
+            vec![format!(
+                "delete group {name}; its volumes stay: {}",
+                if vols.is_empty() {
+                    "(none)".into()
+                } else {
+                    vols.join(", ")
+                }
+            )],
+        ))
+    })
+    .await
+}
+
+pub async fn plan_set_tags(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(Tags(tags)): JsonBody<Tags>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        check_tags(&tags)?;
+        let g = st.store().group(&name)?;
+        Ok(plan(
+            "group.set_tags",
+            vec![format!(
+                "tags of group {name}: {} → {}",
+                show_tags(&g.tags),
+                show_tags(&tags)
+            )],
+        ))
+    })
+    .await
+}
+
+pub async fn plan_set_slot(
+    State(st): State<AppState>,
+    Path((name, slot)): Path<(String, String)>,
+    JsonBody(req): JsonBody<SetSlot>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        ferry_store::validate_name("slot", &slot)?;
+        let g = st.store().group(&name)?;
+        if g.slots.contains_key(&slot) {
+            return Err(StoreError::exists("slot", &slot).into());
+        }
+        free_volume(st.store(), &req.volume)?;
+        Ok(plan(
+            "group.set_slot",
+            vec![format!(
+                "put volume {} in slot {slot} of group {name}",
+                req.volume
+            )],
+        ))
+    })
+    .await
+}
+
+pub async fn plan_remove_slot(
+    State(st): State<AppState>,
+    Path((name, slot)): Path<(String, String)>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        let g = st.store().group(&name)?;
+        let volume = g
+            .slots
+            .get(&slot)
+            .ok_or_else(|| StoreError::not_found("slot", &slot))?;
+        Ok(plan(
+            "group.remove_slot",
+            vec![format!(
+                "take slot {slot} (volume {volume}, which stays) out of group {name}"
+            )],
+        ))
+    })
+    .await
 }

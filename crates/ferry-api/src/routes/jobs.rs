@@ -81,3 +81,29 @@ pub async fn cancel(
     })
     .await
 }
+
+/// Dry run of a cancel: the job exists, is visible and still running.
+pub async fn plan_cancel(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<super::Plan>> {
+    blocking(move || {
+        let job = find(&st, &who, &id)?;
+        if job.state.finished() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "job_finished",
+                format!("job {} has already finished: it is {:?}", job.id, job.state),
+            ));
+        }
+        Ok(super::plan(
+            "job.cancel",
+            vec![format!(
+                "ask job {} ({:?} of {}) to stop at its next safe point",
+                job.id, job.kind, job.target
+            )],
+        ))
+    })
+    .await
+}

@@ -35,6 +35,29 @@ pub struct RouteInfo {
     pub reply: Option<(StatusCode, Option<Schema>)>,
     /// Query parameters: name, required, description.
     pub query: Vec<(&'static str, bool, &'static str)>,
+    /// For a mutation, what answers `?dry_run=true`: it checks the request
+    /// against the current state and says what would change, changing nothing.
+    pub plan: Option<MethodRouter<AppState>>,
+}
+
+/// What a dry run answers: the changes the request would make.
+#[derive(Clone, Debug, serde::Serialize, ToSchema)]
+pub struct Plan {
+    /// Always true: nothing was changed.
+    pub dry_run: bool,
+    /// The action that would run.
+    pub action: String,
+    /// What would change, one line each.
+    pub changes: Vec<String>,
+}
+
+/// A dry run's answer.
+pub(crate) fn plan(action: &str, changes: Vec<String>) -> axum::Json<Plan> {
+    axum::Json(Plan {
+        dry_run: true,
+        action: action.to_owned(),
+        changes,
+    })
 }
 
 impl RouteInfo {
@@ -59,6 +82,17 @@ impl RouteInfo {
     /// Answers 204 No Content.
     fn no_content(mut self) -> RouteInfo {
         self.reply = Some((StatusCode::NO_CONTENT, None));
+        self
+    }
+
+    /// Answers `?dry_run=true` with `handler`, which returns a [`Plan`].
+    fn plan<H, T>(mut self, handler: H) -> RouteInfo
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        let filter = MethodFilter::try_from(self.method.clone()).expect("a standard method");
+        self.plan = Some(axum::routing::on(filter, handler));
         self
     }
 
@@ -92,6 +126,7 @@ where
         body: None,
         reply: None,
         query: Vec::new(),
+        plan: None,
     }
 }
 
@@ -118,6 +153,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Create a volume",
             volumes::create,
         )
+        .plan(volumes::plan_create)
         .body::<volumes::CreateVolume>()
         .reply::<ferry_store::VolumeInfo>(S::CREATED),
         route(
@@ -137,6 +173,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Grow a volume",
             volumes::grow,
         )
+        .plan(volumes::plan_grow)
         .body::<volumes::GrowVolume>()
         .reply::<ferry_store::VolumeInfo>(S::OK),
         route(
@@ -147,6 +184,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Delete a volume",
             volumes::delete,
         )
+        .plan(volumes::plan_delete)
         .no_content(),
         route(
             M::GET,
@@ -165,6 +203,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Create a group",
             groups::create,
         )
+        .plan(groups::plan_create)
         .body::<groups::CreateGroup>()
         .reply::<ferry_store::GroupInfo>(S::CREATED),
         route(
@@ -184,6 +223,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Delete a group",
             groups::delete,
         )
+        .plan(groups::plan_delete)
         .no_content(),
         route(
             M::PUT,
@@ -193,6 +233,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Replace a group's tags",
             groups::set_tags,
         )
+        .plan(groups::plan_set_tags)
         .body::<groups::Tags>()
         .reply::<ferry_store::GroupInfo>(S::OK),
         route(
@@ -203,6 +244,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Put a volume in a slot",
             groups::set_slot,
         )
+        .plan(groups::plan_set_slot)
         .body::<groups::SetSlot>()
         .reply::<ferry_store::GroupInfo>(S::OK),
         route(
@@ -213,6 +255,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Empty a slot",
             groups::remove_slot,
         )
+        .plan(groups::plan_remove_slot)
         .reply::<ferry_store::GroupInfo>(S::OK),
         route(
             M::GET,
@@ -231,6 +274,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Snapshot a group",
             snapshots::create,
         )
+        .plan(snapshots::plan_create)
         .body::<snapshots::CreateSnapshot>()
         .reply::<ferry_store::SnapshotInfo>(S::CREATED),
         route(
@@ -250,6 +294,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Delete a snapshot; its space is given back by a job",
             snapshots::delete,
         )
+        .plan(snapshots::plan_delete)
         .reply::<crate::jobs::Job>(S::ACCEPTED),
         route(
             M::GET,
@@ -270,6 +315,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Clone a snapshot into a new group",
             snapshots::clone,
         )
+        .plan(snapshots::plan_clone)
         .body::<snapshots::CloneRequest>()
         .reply::<ferry_store::GroupInfo>(S::CREATED),
         route(
@@ -280,6 +326,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Replace slots of a group by clones of a snapshot, as a job",
             snapshots::sync,
         )
+        .plan(snapshots::plan_sync)
         .body::<snapshots::SyncRequest>()
         .reply::<crate::jobs::Job>(S::ACCEPTED),
         route(
@@ -308,6 +355,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Ask a job to stop at its next safe point",
             jobs::cancel,
         )
+        .plan(jobs::plan_cancel)
         .reply::<crate::jobs::Job>(S::ACCEPTED),
         route(
             M::GET,
@@ -353,6 +401,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Create a user",
             admin::user_create,
         )
+        .plan(admin::plan_user_create)
         .body::<admin::CreateUser>()
         .reply::<crate::auth::User>(S::CREATED),
         route(
@@ -363,6 +412,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Delete a user and its tokens",
             admin::user_delete,
         )
+        .plan(admin::plan_user_delete)
         .no_content(),
         route(
             M::POST,
@@ -372,6 +422,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Make a token for a user",
             admin::token_create,
         )
+        .plan(admin::plan_token_create)
         .reply::<admin::NewToken>(S::CREATED),
         route(
             M::GET,
@@ -390,6 +441,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Revoke a token",
             admin::token_delete,
         )
+        .plan(admin::plan_token_delete)
         .no_content(),
     ]
 }

@@ -229,3 +229,117 @@ pub async fn sync(
     })
     .await
 }
+
+// ----- dry runs: check against the current state, change nothing -----
+
+pub async fn plan_create(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<CreateSnapshot>,
+) -> ApiResult<Json<super::Plan>> {
+    blocking(move || {
+        let g = visible(st.store(), &who, &group)?;
+        ferry_store::validate_name("snapshot", &req.name)?;
+        if st
+            .store()
+            .snapshot(Target::Group(&group), &req.name)
+            .is_ok()
+        {
+            return Err(ferry_store::StoreError::exists(
+                "snapshot",
+                format!("{group}@{}", req.name),
+            )
+            .into());
+        }
+        let slots: Vec<&str> = g.slots.keys().map(String::as_str).collect();
+        Ok(super::plan(
+            "snapshot.create",
+            vec![format!(
+                "snapshot group {group} (slots {}) as {group}@{} ({})",
+                slots.join(", "),
+                req.name,
+                req.kind
+            )],
+        ))
+    })
+    .await
+}
+
+pub async fn plan_delete(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((group, snap)): Path<(String, String)>,
+) -> ApiResult<Json<super::Plan>> {
+    blocking(move || {
+        visible(st.store(), &who, &group)?;
+        st.store().snapshot(Target::Group(&group), &snap)?;
+        Ok(super::plan(
+            "snapshot.delete",
+            vec![
+                format!("delete snapshot {group}@{snap}"),
+                "start a job that gives its space back".to_owned(),
+            ],
+        ))
+    })
+    .await
+}
+
+pub async fn plan_clone(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path((group, snap)): Path<(String, String)>,
+    JsonBody(req): JsonBody<CloneRequest>,
+) -> ApiResult<Json<super::Plan>> {
+    blocking(move || {
+        visible(st.store(), &who, &group)?;
+        ferry_store::validate_name("group", &req.new_group)?;
+        let s = st.store().snapshot(Target::Group(&group), &snap)?;
+        if st.store().group(&req.new_group).is_ok() {
+            return Err(ferry_store::StoreError::exists("group", &req.new_group).into());
+        }
+        let volumes = st.store().list_volumes();
+        let mut changes = vec![format!("create group {}", req.new_group)];
+        for slot in s.members.keys() {
+            let vname = format!("{}-{slot}", req.new_group);
+            ferry_store::validate_name("volume", &vname)?;
+            if volumes.iter().any(|v| v.name == vname) {
+                return Err(ferry_store::StoreError::exists("volume", vname).into());
+            }
+            changes.push(format!(
+                "slot {slot}: new volume {vname}, a clone of {group}@{snap} sharing its blocks"
+            ));
+        }
+        Ok(super::plan("clone.create", changes))
+    })
+    .await
+}
+
+pub async fn plan_sync(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    JsonBody(req): JsonBody<SyncRequest>,
+) -> ApiResult<Json<super::Plan>> {
+    blocking(move || {
+        let (group, snap) = split_ref("source", &req.source)?;
+        visible(st.store(), &who, group)?;
+        let target = visible(st.store(), &who, &req.target)?;
+        let slots: Vec<&str> = req.slots.iter().map(String::as_str).collect();
+        st.store().check_sync(group, snap, &req.target, &slots)?;
+        let mut changes = vec![format!("take an undo snapshot of group {}", req.target)];
+        for slot in &req.slots {
+            let now = target.slots.get(slot).map_or("(empty)", String::as_str);
+            changes.push(format!(
+                "slot {slot} of {}: replace {now} by a clone of {}'s {slot}",
+                req.target, req.source
+            ));
+        }
+        for (slot, volume) in &target.slots {
+            if !req.slots.contains(slot) {
+                changes.push(format!("slot {slot} ({volume}) stays as it is"));
+            }
+        }
+        Ok(super::plan("sync.run", changes))
+    })
+    .await
+}

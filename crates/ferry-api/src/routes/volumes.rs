@@ -7,7 +7,7 @@ use ferry_store::{SpaceInfo, VolumeInfo};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::blocking;
+use super::{Plan, blocking, plan};
 use crate::body::{JsonBody, size};
 use crate::{AppState, error::ApiResult};
 
@@ -88,4 +88,97 @@ pub async fn delete(State(st): State<AppState>, Path(name): Path<String>) -> Api
 
 pub async fn space(State(st): State<AppState>) -> ApiResult<Json<Vec<SpaceInfo>>> {
     blocking(move || Ok(Json(st.store().space()))).await
+}
+
+// ----- dry runs: check against the current state, change nothing -----
+
+fn volume_info(st: &AppState, name: &str) -> ApiResult<VolumeInfo> {
+    st.store()
+        .list_volumes()
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| ferry_store::StoreError::not_found("volume", name).into())
+}
+
+pub async fn plan_create(
+    State(st): State<AppState>,
+    JsonBody(req): JsonBody<CreateVolume>,
+) -> ApiResult<Json<Plan>> {
+    ferry_store::validate_name("volume", &req.name)?;
+    let bytes = size(&req.size)?;
+    blocking(move || {
+        if volume_info(&st, &req.name).is_ok() {
+            return Err(ferry_store::StoreError::exists("volume", &req.name).into());
+        }
+        Ok(plan(
+            "volume.create",
+            vec![format!("create volume {} of {bytes} bytes", req.name)],
+        ))
+    })
+    .await
+}
+
+pub async fn plan_grow(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<GrowVolume>,
+) -> ApiResult<Json<Plan>> {
+    let bytes = size(&req.size)?;
+    blocking(move || {
+        let v = volume_info(&st, &name)?;
+        if bytes < v.size {
+            return Err(ferry_store::StoreError::Shrink {
+                name,
+                current: v.size,
+                requested: bytes,
+            }
+            .into());
+        }
+        let change = if bytes == v.size {
+            format!("nothing: volume {name} is already {bytes} bytes")
+        } else {
+            format!("grow volume {name} from {} to {bytes} bytes", v.size)
+        };
+        Ok(plan("volume.grow", vec![change]))
+    })
+    .await
+}
+
+pub async fn plan_delete(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        let v = volume_info(&st, &name)?;
+        if let (Some(g), Some(slot)) = (&v.group, &v.slot) {
+            return Err(ferry_store::StoreError::InUse {
+                kind: "volume",
+                name,
+                reason: format!(
+                    "it is slot {slot:?} of group {g:?}; remove it from the group first"
+                ),
+            }
+            .into());
+        }
+        let own = st
+            .store()
+            .list_snapshots(ferry_store::Target::Volume(&name))?
+            .len();
+        if own > 0 {
+            return Err(ferry_store::StoreError::InUse {
+                kind: "volume",
+                name,
+                reason: format!("it has {own} snapshot(s); delete them first"),
+            }
+            .into());
+        }
+        Ok(plan(
+            "volume.delete",
+            vec![format!(
+                "delete volume {name} ({} bytes) and its data",
+                v.size
+            )],
+        ))
+    })
+    .await
 }
