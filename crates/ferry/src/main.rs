@@ -359,6 +359,23 @@ fn local(cli: &Cli) -> Result<bool> {
     match &cli.command {
         Command::Context(cmd) => {
             let mut config = context::load()?;
+            // saves the changed config, or with --dry-run says what it would do
+            let commit = |config: &context::Config, would: &str, done: &str| {
+                if cli.dry_run {
+                    if out == Format::Json {
+                        println!(
+                            "{:#}",
+                            json!({"dry_run": true, "action": "context", "changes": [would]})
+                        );
+                    } else {
+                        println!("dry run, nothing changed; this would:\n  {would}");
+                    }
+                    return Ok(());
+                }
+                context::save(config)?;
+                output::done(out, done);
+                anyhow::Ok(())
+            };
             match cmd {
                 ContextCmd::Add { name } => {
                     let Some(server) = &cli.server else {
@@ -393,16 +410,22 @@ fn local(cli: &Cli) -> Result<bool> {
                             ca,
                         },
                     );
-                    context::save(&config)?;
-                    output::done(out, &format!("added context {name}"));
+                    commit(
+                        &config,
+                        &format!("add context {name} ({server})"),
+                        &format!("added context {name}"),
+                    )?;
                 }
                 ContextCmd::Use { name } => {
                     if !config.contexts.contains_key(name) {
                         bail!("no context named {name:?}; `ferry context list` shows them");
                     }
                     config.current = Some(name.clone());
-                    context::save(&config)?;
-                    output::done(out, &format!("now using context {name}"));
+                    commit(
+                        &config,
+                        &format!("use context {name}"),
+                        &format!("now using context {name}"),
+                    )?;
                 }
                 ContextCmd::List => {
                     let list: Vec<Value> = config
@@ -431,8 +454,11 @@ fn local(cli: &Cli) -> Result<bool> {
                     if config.current.as_deref() == Some(name.as_str()) {
                         config.current = None;
                     }
-                    context::save(&config)?;
-                    output::done(out, &format!("removed context {name}"));
+                    commit(
+                        &config,
+                        &format!("remove context {name}"),
+                        &format!("removed context {name}"),
+                    )?;
                 }
             }
             Ok(true)

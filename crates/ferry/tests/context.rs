@@ -48,6 +48,32 @@ fn contexts_pick_the_site() {
     }
     // No context chosen yet: the default server is not ours.
     assert!(!ferry(&config, &["volume", "list"]).status.success());
+    // --dry-run says what it would do and leaves the config file alone
+    let saved = std::fs::read(&config).unwrap();
+    for args in [
+        &["context", "use", "dr", "--dry-run"][..],
+        &["context", "remove", "prod", "--dry-run"],
+        &[
+            "context",
+            "add",
+            "x",
+            "--server",
+            "http://127.0.0.1:1",
+            "--dry-run",
+        ],
+    ] {
+        let out = ferry(&config, args);
+        assert!(out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("dry run"),
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&config).unwrap(),
+        saved,
+        "a dry run changed the config"
+    );
     assert!(ferry(&config, &["context", "use", "dr"]).status.success());
     let list = String::from_utf8(ferry(&config, &["volume", "list"]).stdout).unwrap();
     assert!(list.contains("on-b") && !list.contains("on-a"), "{list}");
