@@ -400,12 +400,16 @@ impl Store {
     }
 
     fn volume_info(&self, state: &crate::catalog::CatalogState, r: &VolumeRec) -> VolumeInfo {
+        let (group, slot) = state
+            .group_of(r.id)
+            .map(|(g, slot)| (g.name.clone(), slot.to_owned()))
+            .unzip();
         VolumeInfo {
             id: r.id,
             name: r.name.clone(),
             size: r.size,
-            group: state.group_of(r.id).map(|(g, _)| g.name.clone()),
-            slot: state.group_of(r.id).map(|(_, slot)| slot.to_owned()),
+            group,
+            slot,
             created: r.created,
         }
     }
