@@ -82,13 +82,10 @@ pub async fn user_create(
     .await
 }
 
-pub async fn user_delete(
-    State(st): State<AppState>,
-    Extension(who): Extension<Principal>,
-    Path(name): Path<String>,
-) -> ApiResult<StatusCode> {
+/// Nobody deletes the user they are signed in as (so nobody locks
+/// themselves out by mistake; another admin can).
+fn not_yourself(who: &Principal, name: &str) -> ApiResult<()> {
     if who.user == name {
-        // so nobody locks themselves out by mistake; another admin can
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "self",
@@ -96,6 +93,15 @@ pub async fn user_delete(
         )
         .field("name"));
     }
+    Ok(())
+}
+
+pub async fn user_delete(
+    State(st): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    not_yourself(&who, &name)?;
     blocking(move || {
         st.auth().delete_user(&name)?;
         Ok(StatusCode::NO_CONTENT)
@@ -185,14 +191,7 @@ pub async fn plan_user_delete(
     Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Plan>> {
-    if who.user == name {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "self",
-            format!("you are signed in as {name:?} and cannot delete yourself"),
-        )
-        .field("name"));
-    }
+    not_yourself(&who, &name)?;
     let users = st.auth().list_users();
     let user = users
         .iter()

@@ -143,11 +143,7 @@ pub async fn remove_slot(
 
 /// The volume, if it exists and is in no group.
 fn free_volume(store: &Store, volume: &str) -> ApiResult<()> {
-    let v = store
-        .list_volumes()
-        .into_iter()
-        .find(|v| v.name == volume)
-        .ok_or_else(|| StoreError::not_found("volume", volume))?;
+    let v = super::volumes::volume_info(store, volume)?;
     if let (Some(g), Some(slot)) = (v.group, v.slot) {
         return Err(StoreError::InUse {
             kind: "volume",

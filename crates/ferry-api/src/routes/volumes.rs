@@ -52,21 +52,7 @@ pub async fn get(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<VolumeInfo>> {
-    blocking(move || {
-        st.store()
-            .list_volumes()
-            .into_iter()
-            .find(|v| v.name == name)
-            .map(Json)
-            .ok_or_else(|| {
-                ferry_store::StoreError::NotFound {
-                    kind: "volume",
-                    name,
-                }
-                .into()
-            })
-    })
-    .await
+    blocking(move || volume_info(st.store(), &name).map(Json)).await
 }
 
 pub async fn grow(
@@ -92,8 +78,9 @@ pub async fn space(State(st): State<AppState>) -> ApiResult<Json<Vec<SpaceInfo>>
 
 // ----- dry runs: check against the current state, change nothing -----
 
-fn volume_info(st: &AppState, name: &str) -> ApiResult<VolumeInfo> {
-    st.store()
+/// The volume named, or not_found.
+pub(crate) fn volume_info(store: &ferry_store::Store, name: &str) -> ApiResult<VolumeInfo> {
+    store
         .list_volumes()
         .into_iter()
         .find(|v| v.name == name)
@@ -107,7 +94,7 @@ pub async fn plan_create(
     ferry_store::validate_name("volume", &req.name)?;
     let bytes = size(&req.size)?;
     blocking(move || {
-        if volume_info(&st, &req.name).is_ok() {
+        if volume_info(st.store(), &req.name).is_ok() {
             return Err(ferry_store::StoreError::exists("volume", &req.name).into());
         }
         Ok(plan(
@@ -125,7 +112,7 @@ pub async fn plan_grow(
 ) -> ApiResult<Json<Plan>> {
     let bytes = size(&req.size)?;
     blocking(move || {
-        let v = volume_info(&st, &name)?;
+        let v = volume_info(st.store(), &name)?;
         if bytes < v.size {
             return Err(ferry_store::StoreError::Shrink {
                 name,
@@ -149,7 +136,7 @@ pub async fn plan_delete(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Plan>> {
     blocking(move || {
-        let v = volume_info(&st, &name)?;
+        let v = volume_info(st.store(), &name)?;
         if let (Some(g), Some(slot)) = (&v.group, &v.slot) {
             return Err(ferry_store::StoreError::InUse {
                 kind: "volume",
