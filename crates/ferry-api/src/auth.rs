@@ -195,12 +195,25 @@ fn now_ms() -> u64 {
 
 /// Writes `bytes` to `path` atomically with mode 0600.
 pub fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    write_atomic(path, bytes, 0o600)
+}
+
+/// Writes `bytes` to `path` atomically with `mode`: a fresh temporary file
+/// beside it (`NAME.tmp`, so `ca.pem` and `ca.key` never share one; a stale
+/// one is removed first so it cannot lend its mode), fsync, rename, fsync of
+/// the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .write(true)
-        .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;

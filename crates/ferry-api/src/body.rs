@@ -119,13 +119,9 @@ pub fn tags_schema() -> utoipa::openapi::schema::Schema {
         .into()
 }
 
-/// A tag value: at most 255 characters, none of them a control character.
+/// A tag value: at most 255 characters, none of them a control character
+/// (the schema's side of [`ferry_store::tag_value_ok`]).
 const TAG_VALUE: &str = "[^\\u0000-\\u001f\\u007f-\\u009f]{0,255}";
-
-/// Whether a tag value is acceptable (the server's side of [`TAG_VALUE`]).
-pub fn tag_value_ok(v: &str) -> bool {
-    v.chars().count() <= 255 && !v.chars().any(char::is_control)
-}
 
 /// The schema of a list of slot names.
 pub fn slot_list_schema() -> utoipa::openapi::schema::Schema {

@@ -40,6 +40,6 @@ pub use store::{
 };
 pub use types::{
     BLOCK_SIZE, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId, parse_size,
-    validate_name,
+    tag_value_ok, validate_name, validate_tag,
 };
 pub use volume::{SnapshotReader, VolumeHandle};

@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::storage::{FsStorage, Storage};
 use crate::types::{
     BLOCK, BLOCK_SIZE, GroupId, LayerId, SnapshotId, SnapshotKind, VolumeId, check_size,
-    now_unix_nanos, validate_name,
+    now_unix_nanos, validate_name, validate_tag,
 };
 use crate::volume::{SnapshotReader, Volume, VolumeHandle};
 
@@ -491,12 +491,7 @@ impl Store {
     /// Replaces a group's tags.
     pub fn set_tags(&self, group: &str, tags: BTreeMap<String, String>) -> Result<GroupInfo> {
         for (k, v) in &tags {
-            validate_name("tag key", k)?;
-            if v.chars().count() > 255 || v.chars().any(char::is_control) {
-                return Err(StoreError::Invalid(
-                    "a tag value must be at most 255 characters without control characters",
-                ));
-            }
+            validate_tag(k, v)?;
         }
         let mut cat = self.inner.catalog.lock();
         let mut rec = self.group_rec(&cat.state, group)?;
@@ -1267,9 +1262,9 @@ impl Store {
     }
 }
 
-/// Every merge garbage collection could plan now: a layer nothing needs
-/// into its only child.
-fn gc_merges(state: &crate::catalog::CatalogState) -> Vec<(LayerId, LayerId)> {
+/// Layers nothing needs (no head, no snapshot member), each with its
+/// children: what garbage collection works on.
+fn gc_candidates(state: &crate::catalog::CatalogState) -> Vec<(LayerId, Vec<LayerId>)> {
     let mut needed: BTreeSet<LayerId> = state.volumes.values().map(|v| v.head).collect();
     for s in state.snapshots.values() {
         needed.extend(s.members.values().map(|m| m.layer));
@@ -1284,8 +1279,17 @@ fn gc_merges(state: &crate::catalog::CatalogState) -> Vec<(LayerId, LayerId)> {
         .layers
         .keys()
         .filter(|id| !needed.contains(id))
-        .filter_map(|id| match children.get(id).map(Vec::as_slice) {
-            Some([only]) => Some((*id, *only)),
+        .map(|id| (*id, children.remove(id).unwrap_or_default()))
+        .collect()
+}
+
+/// Every merge garbage collection could plan now: a layer nothing needs
+/// into its only child.
+fn gc_merges(state: &crate::catalog::CatalogState) -> Vec<(LayerId, LayerId)> {
+    gc_candidates(state)
+        .into_iter()
+        .filter_map(|(id, children)| match children.as_slice() {
+            [only] => Some((id, *only)),
             _ => None,
         })
         .collect()
@@ -1293,32 +1297,16 @@ fn gc_merges(state: &crate::catalog::CatalogState) -> Vec<(LayerId, LayerId)> {
 
 /// The next garbage-collection step, if any.
 fn plan_gc(state: &crate::catalog::CatalogState) -> Option<GcStep> {
-    let mut needed: BTreeSet<LayerId> = state.volumes.values().map(|v| v.head).collect();
-    for s in state.snapshots.values() {
-        needed.extend(s.members.values().map(|m| m.layer));
-    }
-    let mut children: BTreeMap<LayerId, Vec<LayerId>> = BTreeMap::new();
-    for l in state.layers.values() {
-        if let Some(p) = l.parent {
-            children.entry(p).or_default().push(l.id);
-        }
-    }
-    for id in state.layers.keys() {
-        if needed.contains(id) {
-            continue;
-        }
-        match children.get(id).map(Vec::as_slice) {
-            None | Some([]) => return Some(GcStep::Delete(*id)),
-            Some([only]) => {
-                return Some(GcStep::Merge {
-                    from: *id,
-                    into: *only,
-                });
-            }
-            Some(_) => {}
-        }
-    }
-    None
+    gc_candidates(state)
+        .into_iter()
+        .find_map(|(id, children)| match children.as_slice() {
+            [] => Some(GcStep::Delete(id)),
+            [only] => Some(GcStep::Merge {
+                from: id,
+                into: *only,
+            }),
+            _ => None,
+        })
 }
 
 fn pick_member<'a>(

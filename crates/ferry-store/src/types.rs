@@ -105,6 +105,23 @@ pub fn validate_name(kind: &'static str, name: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Whether a tag value is acceptable: at most 255 characters, none of them
+/// a control character.
+pub fn tag_value_ok(value: &str) -> bool {
+    value.chars().count() <= 255 && !value.chars().any(char::is_control)
+}
+
+/// Checks one `key=value` tag of a group.
+pub fn validate_tag(key: &str, value: &str) -> Result<(), StoreError> {
+    validate_name("tag key", key)?;
+    if !tag_value_ok(value) {
+        return Err(StoreError::Invalid(
+            "a tag value must be at most 255 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
 /// Parses a size such as `10G`, `512M`, `1T`, `4096`, `1GiB` (binary units)
 /// and checks it is a whole number of blocks between 4 KiB and 16 TiB less 4 KiB.
 pub fn parse_size(input: &str) -> Result<u64, StoreError> {

@@ -15,7 +15,7 @@ mod common;
 
 use common::{Daemon, names};
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const BLOCK: usize = 4096;
@@ -39,6 +39,18 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 /// Makes, with the engine and no daemon, group `g` (slot `data` = volume
 /// `v`, 16 MiB) whose snapshot `big` holds every block and whose live
 /// volume then rewrote the first 100 blocks. Returns the live content.
+/// A prepared store in `dir/data` (returning what its live volume holds)
+/// served by a ferryd whose jobs wait at [`PAUSE_AT`] blocks while the
+/// returned pause file exists.
+fn paused_daemon(dir: &Path) -> (PathBuf, Vec<u8>, PathBuf, Daemon) {
+    let data = dir.join("data");
+    let live = prepare(&data);
+    let pause = dir.join("pause");
+    std::fs::write(&pause, PAUSE_AT.to_string()).unwrap();
+    let d = Daemon::start_with_env(&data, &[("FERRY_TEST_JOB_PAUSE", &pause)]);
+    (data, live, pause, d)
+}
+
 fn prepare(data: &Path) -> Vec<u8> {
     let store = ferry_store::Store::open(data).unwrap();
     store.create_volume("v", (BLOCKS * BLOCK) as u64).unwrap();
@@ -116,11 +128,7 @@ fn snapshot_only(d: &Daemon) -> u64 {
 #[test]
 fn a_big_snapshot_deletion_is_a_job_listed_until_done() {
     let dir = tempdir();
-    let data = dir.path().join("data");
-    let live = prepare(&data);
-    let pause = dir.path().join("pause");
-    std::fs::write(&pause, PAUSE_AT.to_string()).unwrap();
-    let mut d = Daemon::start_with_env(&data, &[("FERRY_TEST_JOB_PAUSE", &pause)]);
+    let (data, live, pause, mut d) = paused_daemon(dir.path());
 
     let id = delete_no_wait(&d, "g@big");
     // the deletion itself is done at once; the job gives the space back
@@ -203,11 +211,7 @@ fn a_big_snapshot_deletion_is_a_job_listed_until_done() {
 #[test]
 fn a_job_can_be_cancelled_and_its_space_comes_back_later() {
     let dir = tempdir();
-    let data = dir.path().join("data");
-    let live = prepare(&data);
-    let pause = dir.path().join("pause");
-    std::fs::write(&pause, PAUSE_AT.to_string()).unwrap();
-    let mut d = Daemon::start_with_env(&data, &[("FERRY_TEST_JOB_PAUSE", &pause)]);
+    let (data, live, pause, mut d) = paused_daemon(dir.path());
 
     let id = delete_no_wait(&d, "g@big");
     poll(&d, &id, "to the pause", at_pause);
@@ -262,11 +266,7 @@ fn a_job_can_be_cancelled_and_its_space_comes_back_later() {
 #[test]
 fn sigterm_mid_job_exits_0_and_the_restart_settles_the_job() {
     let dir = tempdir();
-    let data = dir.path().join("data");
-    let live = prepare(&data);
-    let pause = dir.path().join("pause");
-    std::fs::write(&pause, PAUSE_AT.to_string()).unwrap();
-    let mut d = Daemon::start_with_env(&data, &[("FERRY_TEST_JOB_PAUSE", &pause)]);
+    let (data, live, _pause, mut d) = paused_daemon(dir.path());
     let id = delete_no_wait(&d, "g@big");
     let mid = poll(&d, &id, "to the pause", at_pause);
     assert_eq!(mid["state"], "running");
@@ -328,11 +328,7 @@ fn sigterm_mid_job_exits_0_and_the_restart_settles_the_job() {
 #[test]
 fn a_waiting_cli_draws_a_progress_bar_on_a_terminal() {
     let dir = tempdir();
-    let data = dir.path().join("data");
-    prepare(&data);
-    let pause = dir.path().join("pause");
-    std::fs::write(&pause, PAUSE_AT.to_string()).unwrap();
-    let mut d = Daemon::start_with_env(&data, &[("FERRY_TEST_JOB_PAUSE", &pause)]);
+    let (_data, _, pause, mut d) = paused_daemon(dir.path());
     // `script` gives the CLI a pseudo-terminal as stdout and logs what it drew
     let typescript = dir.path().join("typescript");
     let cmd = d.command_as_admin();

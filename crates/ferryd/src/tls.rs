@@ -29,9 +29,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -336,29 +334,11 @@ fn check(
     Ok(())
 }
 
-/// Writes a file atomically (temporary file, fsync, rename, fsync of the
-/// directory) with the given mode.
+/// Writes a file atomically with the given mode (see
+/// [`ferry_api::auth::write_atomic`]).
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().and_then(|e| e.to_str()).unwrap_or("")
-    ));
-    let write = || -> std::io::Result<()> {
-        let _ = std::fs::remove_file(&tmp);
-        let mut f = std::fs::OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    write().with_context(|| format!("writing {}", path.display()))
+    ferry_api::auth::write_atomic(path, bytes, mode)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 #[cfg(test)]

@@ -147,7 +147,7 @@ fn parse_grants(list: &[String]) -> ApiResult<Vec<Grant>> {
         };
         ferry_store::validate_name("tag key", key)
             .map_err(|e| ApiError::from(e).field("grants"))?;
-        if !crate::body::tag_value_ok(value) {
+        if !ferry_store::tag_value_ok(value) {
             return Err(ApiError::bad_request(format!(
                 "grant {g:?}: a tag value must be at most 255 characters without control characters"
             ))

@@ -157,13 +157,7 @@ fn free_volume(store: &Store, volume: &str) -> ApiResult<()> {
 
 fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
     for (k, v) in tags {
-        ferry_store::validate_name("tag key", k)?;
-        if !crate::body::tag_value_ok(v) {
-            return Err(StoreError::Invalid(
-                "a tag value must be at most 255 characters without control characters",
-            )
-            .into());
-        }
+        ferry_store::validate_tag(k, v)?;
     }
     Ok(())
 }
