@@ -42,4 +42,4 @@ pub use types::{
     BLOCK_SIZE, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId, parse_size,
     tag_value_ok, validate_name, validate_tag,
 };
-pub use volume::{SnapshotReader, VolumeHandle};
+pub use volume::{Allocation, SnapshotReader, VolumeHandle};

@@ -171,6 +171,68 @@ fn read_chain(
     Ok(())
 }
 
+/// How a run of bytes reads, as [`VolumeHandle::allocation`] reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// Held as data by some layer of the chain.
+    Data,
+    /// Reads as zeros and holds no space: never written, trimmed or zeroed.
+    Zero,
+}
+
+/// Most blocks [`allocation`](VolumeHandle::allocation) resolves one by one
+/// in a call: 1 Mi blocks (4 GiB). Runs no layer defines are skipped in bulk.
+const MAX_ALLOCATION_BLOCKS: u64 = 1 << 20;
+
+/// The allocation of `offset..offset+len` through a chain as runs
+/// `(length, kind)`, adjacent runs of one kind merged. The runs may cover
+/// less than `len` (at least one block) when the range is large and mixed.
+fn allocation_chain(
+    layers: &[Arc<Layer>],
+    resolver: Option<&Resolver>,
+    offset: u64,
+    len: u64,
+) -> Vec<(u64, Allocation)> {
+    let end = offset + len;
+    let mut out: Vec<(u64, Allocation)> = Vec::new();
+    let mut push = |from: u64, to: u64, kind: Allocation| match out.last_mut() {
+        Some((l, k)) if *k == kind => *l += to - from,
+        _ => out.push((to - from, kind)),
+    };
+    let mut pos = offset;
+    let mut resolved = 0u64;
+    while pos < end {
+        let block = pos / BLOCK_SIZE;
+        let last_block = (end - 1) / BLOCK_SIZE;
+        // Skip blocks no layer defines, all at once.
+        let next_defined = layers
+            .iter()
+            .filter_map(|l| {
+                l.with_map(|m| m.present.range(block as u32..=last_block as u32).next())
+            })
+            .min()
+            .map_or(last_block + 1, u64::from);
+        if next_defined > block {
+            let to = end.min(next_defined * BLOCK_SIZE);
+            push(pos, to, Allocation::Zero);
+            pos = to;
+            continue;
+        }
+        if resolved >= MAX_ALLOCATION_BLOCKS {
+            break;
+        }
+        resolved += 1;
+        let kind = match resolve(layers, resolver, block as u32) {
+            (_, BlockState::Data) => Allocation::Data,
+            _ => Allocation::Zero,
+        };
+        let to = end.min((block + 1) * BLOCK_SIZE);
+        push(pos, to, kind);
+        pos = to;
+    }
+    out
+}
+
 /// What to put in a range: bytes, or zeros.
 #[derive(Clone, Copy)]
 enum Fill<'a> {
@@ -201,6 +263,13 @@ impl VolumeHandle {
     /// The volume's size in bytes.
     pub fn size(&self) -> u64 {
         self.vol.state.read().size
+    }
+
+    /// How `offset..offset+len` reads: runs of data and of zeros that hold
+    /// no space, from allocation maps alone (see [`Allocation`]).
+    pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, Allocation)>> {
+        let st = self.vol.begin(offset, len)?;
+        Ok(allocation_chain(&st.layers, st.resolver(), offset, len))
     }
 
     /// Reads `buf.len()` bytes at any byte `offset`.
@@ -338,20 +407,29 @@ impl SnapshotReader {
         self.size
     }
 
-    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        match offset.checked_add(buf.len() as u64) {
-            Some(end) if end <= self.size => {
-                let resolver = self
-                    .resolver
-                    .get_or_init(|| Resolver::build(&self.layers, 0, self.size));
-                read_chain(&self.layers, resolver.as_ref(), buf, offset)
-                    .map_err(|e| StoreError::io("reading", "snapshot", e))
-            }
+    fn check(&self, offset: u64, len: u64) -> Result<Option<&Resolver>> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(self
+                .resolver
+                .get_or_init(|| Resolver::build(&self.layers, 0, self.size))
+                .as_ref()),
             _ => Err(StoreError::OutOfRange {
                 offset,
-                len: buf.len() as u64,
+                len,
                 size: self.size,
             }),
         }
+    }
+
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let resolver = self.check(offset, buf.len() as u64)?;
+        read_chain(&self.layers, resolver, buf, offset)
+            .map_err(|e| StoreError::io("reading", "snapshot", e))
+    }
+
+    /// How `offset..offset+len` reads, as [`VolumeHandle::allocation`].
+    pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<(u64, Allocation)>> {
+        let resolver = self.check(offset, len)?;
+        Ok(allocation_chain(&self.layers, resolver, offset, len))
     }
 }

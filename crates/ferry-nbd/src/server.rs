@@ -1,0 +1,780 @@
+//! The NBD server: accepts connections (TCP, Unix), negotiates with
+//! [`Negotiation`], then serves requests against the export's [`Disk`].
+//!
+//! Threads, not tasks, carry the data path, the way nbdkit does it: a
+//! connection has a few worker threads; a worker takes the socket's read
+//! side, reads one request (and its payload), lets go, runs it against the
+//! engine, then takes the write side and sends the reply. So many requests
+//! are in flight per connection, replies leave in completion order, no
+//! request is handed between threads, and each worker reuses its own
+//! buffer (no allocation per request once warm).
+//!
+//! The tokio runtime only accepts connections and, after STARTTLS, relays
+//! between the TLS stream and a Unix socket pair whose other end the
+//! connection's threads use as their plain stream.
+//!
+//! Stopping a connection (export removed, volume deleted, daemon stopping)
+//! shuts down its read side: workers see the end of the stream, finish the
+//! requests they hold, send their replies and close.
+
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use ferry_store::{Allocation, RoaringBitmap};
+
+use crate::command::{Command, Refusal, check};
+use crate::disk::{Disk, DiskError};
+use crate::handshake::{
+    Agreement, Catalog, ExportMeta, MAX_OPTION_DATA, MetaContext, Negotiation, Step, TlsMode,
+};
+use crate::proto::*;
+
+/// Exports as the server needs them: the handshake's [`Catalog`], plus
+/// opening the storage and the changed-blocks sets.
+pub trait Exports: Catalog + Send + Sync + 'static {
+    /// Opens the export for transmission.
+    fn open(&self, name: &str) -> Result<Disk, String>;
+    /// Blocks written since `snapshot`, for the export's volume.
+    fn changed_since(&self, name: &str, snapshot: &str) -> Result<RoaringBitmap, String>;
+    /// Whether the export `meta` describes is still the one named so (not
+    /// removed, not replaced by another of the same name).
+    fn still_there(&self, meta: &ExportMeta) -> bool {
+        self.lookup(&meta.name).is_some_and(|now| {
+            now.description == meta.description && now.read_only == meta.read_only
+        })
+    }
+}
+
+/// How the server runs.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub tls_mode: TlsMode,
+    /// Required unless `tls_mode` is [`TlsMode::Off`].
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Worker threads per connection: the requests one connection runs at once.
+    pub workers: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            tls_mode: TlsMode::Off,
+            tls: None,
+            workers: 8,
+        }
+    }
+}
+
+/// A byte stream a connection's threads share: TCP, or Unix (a Unix client,
+/// or the plain end of a TLS relay).
+#[derive(Debug)]
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+        })
+    }
+
+    fn shutdown(&self, how: Shutdown) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        };
+    }
+}
+
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).read(buf),
+            Stream::Unix(s) => (&*s).read(buf),
+        }
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write(buf),
+            Stream::Unix(s) => (&*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => (&*s).write_vectored(bufs),
+            Stream::Unix(s) => (&*s).write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A live connection, as the server's registry sees it.
+struct ConnEntry {
+    /// A handle on the connection's stream, to shut it down.
+    stream: Stream,
+    /// The export it serves, once in transmission.
+    export: Option<ExportMeta>,
+}
+
+struct Inner {
+    exports: Arc<dyn Exports>,
+    config: ServerConfig,
+    runtime: tokio::runtime::Handle,
+    conns: Mutex<HashMap<u64, ConnEntry>>,
+    /// Signalled when a connection ends.
+    ended: Condvar,
+    next_conn: AtomicU64,
+    stopping: AtomicBool,
+    stop_accepting: tokio::sync::watch::Sender<bool>,
+}
+
+/// The NBD server; cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+impl Server {
+    /// A server over `exports`; its accept loops and TLS relays run on `runtime`.
+    pub fn new(
+        exports: Arc<dyn Exports>,
+        config: ServerConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Server {
+        assert!(
+            config.tls_mode == TlsMode::Off || config.tls.is_some(),
+            "TLS mode {:?} needs a TLS configuration",
+            config.tls_mode
+        );
+        Server {
+            inner: Arc::new(Inner {
+                exports,
+                config,
+                runtime,
+                conns: Mutex::new(HashMap::new()),
+                ended: Condvar::new(),
+                next_conn: AtomicU64::new(1),
+                stopping: AtomicBool::new(false),
+                stop_accepting: tokio::sync::watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Listens on a TCP address; returns the address bound (port 0 picks one).
+    pub fn listen_tcp(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
+        let listener = std::net::TcpListener::bind(addr)?;
+        let local = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let server = self.clone();
+        let mut stop = self.inner.stop_accepting.subscribe();
+        let _guard = self.inner.runtime.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        self.inner.runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stopped(&mut stop) => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((sock, peer)) => {
+                            let sock = match sock.into_std().and_then(|s| { s.set_nonblocking(false)?; Ok(s) }) {
+                                Ok(s) => s,
+                                Err(e) => { tracing::warn!("NBD accept from {peer}: {e}"); continue; }
+                            };
+                            let _ = sock.set_nodelay(true);
+                            server.spawn_connection(Stream::Tcp(sock), peer.to_string());
+                        }
+                        Err(e) => {
+                            tracing::warn!("NBD accept: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(local)
+    }
+
+    /// Listens on a Unix socket at `path` (a stale socket file is replaced).
+    pub fn listen_unix(&self, path: &Path) -> io::Result<()> {
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        let server = self.clone();
+        let mut stop = self.inner.stop_accepting.subscribe();
+        let _guard = self.inner.runtime.enter();
+        let listener = tokio::net::UnixListener::from_std(listener)?;
+        self.inner.runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stopped(&mut stop) => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((sock, _)) => match sock.into_std().and_then(|s| { s.set_nonblocking(false)?; Ok(s) }) {
+                            Ok(s) => server.spawn_connection(Stream::Unix(s), "unix".into()),
+                            Err(e) => tracing::warn!("NBD unix accept: {e}"),
+                        },
+                        Err(e) => {
+                            tracing::warn!("NBD unix accept: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Number of open connections.
+    pub fn connections(&self) -> usize {
+        self.inner.conns.lock().len()
+    }
+
+    /// Ends the connections whose export was removed or replaced; call after
+    /// any change of the exports.
+    pub fn exports_changed(&self) {
+        let conns = self.inner.conns.lock();
+        for (id, c) in conns.iter() {
+            if let Some(meta) = &c.export
+                && !self.inner.exports.still_there(meta)
+            {
+                tracing::info!(conn = id, export = %meta.name, "export gone: disconnecting its client");
+                c.stream.shutdown(Shutdown::Read);
+            }
+        }
+    }
+
+    /// Stops accepting, ends every connection once its requests in flight
+    /// are answered, and waits for them.
+    pub fn stop(&self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        self.inner.stop_accepting.send_replace(true);
+        let mut conns = self.inner.conns.lock();
+        for c in conns.values() {
+            c.stream.shutdown(Shutdown::Read);
+        }
+        while !conns.is_empty() {
+            self.inner.ended.wait(&mut conns);
+        }
+    }
+
+    fn spawn_connection(&self, stream: Stream, peer: String) {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let id = self.inner.next_conn.fetch_add(1, Ordering::Relaxed);
+        let handle = match stream.try_clone() {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("NBD connection from {peer}: {e}");
+                return;
+            }
+        };
+        self.inner.conns.lock().insert(
+            id,
+            ConnEntry {
+                stream: handle,
+                export: None,
+            },
+        );
+        let server = self.clone();
+        let who = peer.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("nbd-conn-{id}"))
+            .spawn(move || {
+                match server.serve(id, stream) {
+                    Ok(()) => tracing::debug!(conn = id, "NBD connection from {who} closed"),
+                    Err(e) => tracing::debug!(conn = id, "NBD connection from {who} ended: {e}"),
+                }
+                let mut conns = server.inner.conns.lock();
+                conns.remove(&id);
+                server.inner.ended.notify_all();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("NBD connection from {peer}: no thread: {e}");
+            self.inner.conns.lock().remove(&id);
+            self.inner.ended.notify_all();
+        }
+    }
+
+    /// Replaces the registry's handle on a connection's stream (after STARTTLS).
+    fn set_stream(&self, id: u64, stream: &Stream) -> io::Result<()> {
+        let handle = stream.try_clone()?;
+        if let Some(c) = self.inner.conns.lock().get_mut(&id) {
+            c.stream = handle;
+        }
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            stream.shutdown(Shutdown::Read);
+        }
+        Ok(())
+    }
+
+    fn serve(&self, id: u64, mut stream: Stream) -> io::Result<()> {
+        (&stream).write_all(&greeting())?;
+        let mut flags = [0u8; 4];
+        (&stream).read_exact(&mut flags)?;
+        let client_flags = decode_client_flags(flags)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut nego = Negotiation::new(self.inner.config.tls_mode, client_flags);
+        let mut data = Vec::new();
+        let mut out = Vec::new();
+        let agreement = loop {
+            let mut header = [0u8; OPTION_HEADER_LEN];
+            (&stream).read_exact(&mut header)?;
+            let h = decode_option_header(&header)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            out.clear();
+            let step = if h.len > MAX_OPTION_DATA {
+                io::copy(&mut (&stream).take(u64::from(h.len)), &mut io::sink())?;
+                nego.too_big(h.option, &mut out)
+            } else {
+                data.resize(h.len as usize, 0);
+                (&stream).read_exact(&mut data)?;
+                nego.handle(self.inner.exports.as_ref(), h.option, &data, &mut out)
+            };
+            (&stream).write_all(&out)?;
+            match step {
+                Step::Continue => {}
+                Step::Close => return Ok(()),
+                Step::StartTls => {
+                    stream = self.start_tls(stream)?;
+                    self.set_stream(id, &stream)?;
+                }
+                Step::Transmit(a) => break a,
+            }
+        };
+        let disk = match self.inner.exports.open(&agreement.export.name) {
+            Ok(d) => d,
+            Err(e) => {
+                // Gone between the answer and now: all we can do is close.
+                tracing::info!(
+                    conn = id,
+                    "export {:?} cannot be opened: {e}",
+                    agreement.export.name
+                );
+                return Ok(());
+            }
+        };
+        if let Some(c) = self.inner.conns.lock().get_mut(&id) {
+            c.export = Some(agreement.export.clone());
+        }
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        tracing::debug!(conn = id, export = %agreement.export.name, "NBD transmission");
+        let conn = Connection {
+            reader: Mutex::new(stream.try_clone()?),
+            writer: Mutex::new(stream.try_clone()?),
+            stream,
+            agreement,
+            disk,
+            exports: self.inner.exports.clone(),
+            closing: AtomicBool::new(false),
+        };
+        let workers = self.inner.config.workers.max(1);
+        std::thread::scope(|s| {
+            for _ in 1..workers {
+                s.spawn(|| conn.work());
+            }
+            conn.work();
+        });
+        conn.stream.shutdown(Shutdown::Both);
+        Ok(())
+    }
+
+    /// Upgrades `stream` to TLS: the runtime relays between the TLS session
+    /// and one end of a Unix socket pair; the other end is returned.
+    fn start_tls(&self, stream: Stream) -> io::Result<Stream> {
+        let Some(config) = self.inner.config.tls.clone() else {
+            return Err(io::Error::other("STARTTLS without a TLS configuration"));
+        };
+        let Stream::Tcp(tcp) = stream else {
+            return Err(io::Error::other("STARTTLS on a Unix socket is not offered"));
+        };
+        let (ours, theirs) = UnixStream::pair()?;
+        tcp.set_nonblocking(true)?;
+        theirs.set_nonblocking(true)?;
+        let _guard = self.inner.runtime.enter();
+        let tcp = tokio::net::TcpStream::from_std(tcp)?;
+        let plain = tokio::net::UnixStream::from_std(theirs)?;
+        self.inner.runtime.spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let mut tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::info!("NBD TLS handshake failed: {e}");
+                    return;
+                }
+            };
+            let mut plain = plain;
+            if let Err(e) = tokio::io::copy_bidirectional(&mut tls, &mut plain).await {
+                tracing::debug!("NBD TLS relay ended: {e}");
+            }
+        });
+        Ok(Stream::Unix(ours))
+    }
+}
+
+/// Resolves once the server stops accepting.
+async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+/// One connection in transmission, shared by its workers.
+struct Connection {
+    reader: Mutex<Stream>,
+    writer: Mutex<Stream>,
+    stream: Stream,
+    agreement: Agreement,
+    disk: Disk,
+    exports: Arc<dyn Exports>,
+    closing: AtomicBool,
+}
+
+/// What a worker does after reading one request.
+enum Next {
+    Run(Request, Result<Command, Refusal>),
+    Stop,
+}
+
+impl Connection {
+    fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.stream.shutdown(Shutdown::Read);
+    }
+
+    /// A worker: read a request, run it, reply; until the stream ends.
+    fn work(&self) {
+        let mut buf: Vec<u8> = Vec::new();
+        loop {
+            let next = self.read_request(&mut buf);
+            let (req, checked) = match next {
+                Ok(Next::Run(req, checked)) => (req, checked),
+                Ok(Next::Stop) => return,
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::UnexpectedEof {
+                        tracing::debug!("NBD read: {e}");
+                    }
+                    self.close();
+                    return;
+                }
+            };
+            if let Err(e) = self.run(req, checked, &mut buf) {
+                tracing::debug!("NBD reply: {e}");
+                self.close();
+                return;
+            }
+        }
+    }
+
+    /// Reads the next request and, for a write, its payload into `buf`.
+    fn read_request(&self, buf: &mut Vec<u8>) -> io::Result<Next> {
+        let reader = self.reader.lock();
+        if self.closing.load(Ordering::SeqCst) {
+            return Ok(Next::Stop);
+        }
+        let mut header = [0u8; REQUEST_LEN];
+        (&*reader).read_exact(&mut header)?;
+        let req =
+            decode_request(&header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let checked = check(&req, &self.agreement);
+        if req.command == CMD_WRITE {
+            match checked {
+                Ok(_) => {
+                    buf.resize(req.len as usize, 0);
+                    (&*reader).read_exact(buf)?;
+                }
+                Err(_) => {
+                    // Refused, but its payload is on the wire: skip it.
+                    let skipped =
+                        io::copy(&mut (&*reader).take(u64::from(req.len)), &mut io::sink())?;
+                    if skipped < u64::from(req.len) {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                }
+            }
+        }
+        if checked == Ok(Command::Disconnect) {
+            self.closing.store(true, Ordering::SeqCst);
+            return Ok(Next::Stop);
+        }
+        Ok(Next::Run(req, checked))
+    }
+
+    fn run(
+        &self,
+        req: Request,
+        checked: Result<Command, Refusal>,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let cookie = req.cookie;
+        let cmd = match checked {
+            Ok(c) => c,
+            Err(r) => return self.reply_error(cookie, r.error, &r.message),
+        };
+        let d = &self.disk;
+        let done = match cmd {
+            Command::Read { offset, len } => {
+                buf.resize(len as usize, 0);
+                match d.read(buf, offset) {
+                    Ok(()) => return self.reply_read(cookie, offset, buf),
+                    Err(e) => Err(e),
+                }
+            }
+            Command::Write { offset, fua, .. } => d.write(buf, offset, fua),
+            Command::WriteZeroes {
+                offset,
+                len,
+                fua,
+                no_hole,
+                ..
+            } => d.write_zeroes(offset, u64::from(len), fua, no_hole),
+            Command::Trim { offset, len, fua } => d.trim(offset, u64::from(len), fua),
+            Command::Flush => d.flush(),
+            // A hint; the page cache is already the cache.
+            Command::Cache { .. } => Ok(()),
+            Command::BlockStatus {
+                offset,
+                len,
+                req_one,
+            } => return self.reply_block_status(cookie, offset, len, req_one, buf),
+            Command::Disconnect => Ok(()),
+        };
+        match done {
+            Ok(()) => self.reply_ok(cookie),
+            Err(e) => self.reply_disk_error(cookie, e),
+        }
+    }
+
+    fn send(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let writer = self.writer.lock();
+        write_all_parts(&mut &*writer, parts)
+    }
+
+    fn reply_ok(&self, cookie: u64) -> io::Result<()> {
+        if self.agreement.structured {
+            self.send(&[&chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0)])
+        } else {
+            self.send(&[&simple_reply(0, cookie)])
+        }
+    }
+
+    fn reply_error(&self, cookie: u64, error: u32, message: &str) -> io::Result<()> {
+        if self.agreement.structured {
+            let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + 6 + message.len());
+            put_error_chunk(&mut out, cookie, error, message);
+            self.send(&[&out])
+        } else {
+            self.send(&[&simple_reply(error, cookie)])
+        }
+    }
+
+    fn reply_disk_error(&self, cookie: u64, e: DiskError) -> io::Result<()> {
+        let sent = self.reply_error(cookie, e.error, &e.message);
+        if e.gone {
+            self.close();
+        }
+        sent
+    }
+
+    fn reply_read(&self, cookie: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+        if !self.agreement.structured {
+            return self.send(&[&simple_reply(0, cookie), data]);
+        }
+        if data.is_empty() {
+            return self.reply_ok(cookie);
+        }
+        let header = chunk_header(
+            REPLY_FLAG_DONE,
+            REPLY_TYPE_OFFSET_DATA,
+            cookie,
+            8 + data.len() as u32,
+        );
+        self.send(&[&header, &offset.to_be_bytes(), data])
+    }
+
+    fn reply_block_status(
+        &self,
+        cookie: u64,
+        offset: u64,
+        len: u32,
+        req_one: bool,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        buf.clear();
+        let count = self.agreement.contexts.len();
+        for (i, (id, ctx)) in self.agreement.contexts.iter().enumerate() {
+            let runs = match ctx {
+                MetaContext::Allocation => {
+                    self.disk.allocation(offset, u64::from(len)).map(|runs| {
+                        runs.into_iter()
+                            .map(|(l, kind)| {
+                                let flags = match kind {
+                                    Allocation::Data => 0,
+                                    Allocation::Zero => STATE_HOLE | STATE_ZERO,
+                                };
+                                (l, flags)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                }
+                MetaContext::ChangedSince(snap) => self
+                    .exports
+                    .changed_since(&self.agreement.export.name, snap)
+                    .map(|set| changed_runs(&set, offset, u64::from(len)))
+                    .map_err(|message| DiskError {
+                        error: EIO,
+                        message,
+                        gone: false,
+                    }),
+            };
+            let mut runs = match runs {
+                Ok(r) => r,
+                Err(e) => return self.reply_disk_error(cookie, e),
+            };
+            if req_one {
+                runs.truncate(1);
+            }
+            if runs.is_empty() {
+                runs.push((u64::from(len), 0));
+            }
+            let flags = if i + 1 == count { REPLY_FLAG_DONE } else { 0 };
+            let payload = 4 + 8 * runs.len() as u32;
+            buf.extend_from_slice(&chunk_header(
+                flags,
+                REPLY_TYPE_BLOCK_STATUS,
+                cookie,
+                payload,
+            ));
+            buf.extend_from_slice(&id.to_be_bytes());
+            for (l, f) in runs {
+                // A run never exceeds the request, whose length fits 32 bits.
+                buf.extend_from_slice(&(l.min(u64::from(u32::MAX)) as u32).to_be_bytes());
+                buf.extend_from_slice(&f.to_be_bytes());
+            }
+        }
+        self.send(&[buf])
+    }
+}
+
+/// Runs of changed (`STATE_CHANGED`) and unchanged blocks over a byte range.
+fn changed_runs(set: &RoaringBitmap, offset: u64, len: u64) -> Vec<(u64, u32)> {
+    let bs = ferry_store::BLOCK_SIZE;
+    let end = offset + len;
+    let mut out: Vec<(u64, u32)> = Vec::new();
+    let mut push = |n: u64, f: u32| match out.last_mut() {
+        Some((l, lf)) if *lf == f => *l += n,
+        _ => out.push((n, f)),
+    };
+    let mut pos = offset;
+    while pos < end {
+        let block = (pos / bs) as u32;
+        let changed = set.contains(block);
+        // The run of equal state: up to the next member (or non-member).
+        let last = ((end - 1) / bs) as u32;
+        let run_end_block = if changed {
+            // next block not in the set
+            let mut b = block;
+            while b < last && set.contains(b + 1) {
+                b += 1;
+            }
+            u64::from(b) + 1
+        } else {
+            set.range(block..=last)
+                .next()
+                .map_or(u64::from(last) + 1, u64::from)
+        };
+        let to = end.min(run_end_block * bs);
+        push(to - pos, if changed { STATE_CHANGED } else { 0 });
+        pos = to;
+    }
+    out
+}
+
+/// Writes every part, in order, with as few system calls as it takes.
+fn write_all_parts(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
+    let mut idx = 0;
+    let mut skip = 0;
+    while idx < parts.len() {
+        let mut slices = [IoSlice::new(&[]); 4];
+        let mut n = 0;
+        for (k, p) in parts[idx..].iter().take(4).enumerate() {
+            slices[k] = IoSlice::new(if k == 0 { &p[skip..] } else { p });
+            n = k + 1;
+        }
+        let mut wrote = match w.write_vectored(&slices[..n]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        while idx < parts.len() {
+            let left = parts[idx].len() - skip;
+            if wrote < left {
+                skip += wrote;
+                break;
+            }
+            wrote -= left;
+            idx += 1;
+            skip = 0;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_runs_cover_the_range() {
+        let bs = ferry_store::BLOCK_SIZE;
+        let set: RoaringBitmap = [2u32, 3, 7].into_iter().collect();
+        let runs = changed_runs(&set, 100, 10 * bs - 100);
+        assert_eq!(
+            runs,
+            vec![
+                (2 * bs - 100, 0),
+                (2 * bs, STATE_CHANGED),
+                (3 * bs, 0),
+                (bs, STATE_CHANGED),
+                (2 * bs, 0)
+            ]
+        );
+        assert_eq!(runs.iter().map(|r| r.0).sum::<u64>(), 10 * bs - 100);
+    }
+
+    #[test]
+    fn parts_survive_short_writes() {
+        struct Dribble(Vec<u8>);
+        impl Write for Dribble {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                let n = b.len().min(3);
+                self.0.extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut d = Dribble(Vec::new());
+        write_all_parts(&mut d, &[b"hello", b"", b" wide", b" world"]).unwrap();
+        assert_eq!(d.0, b"hello wide world");
+    }
+}
