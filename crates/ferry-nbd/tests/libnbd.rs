@@ -1,0 +1,202 @@
+//! libnbd's tools (nbdinfo, nbdcopy) and its Python binding (Debian's
+//! python, as nbdsh uses it) against ferry's server.
+
+mod common;
+
+use common::{Fixture, qemu_io, run, run_raw};
+
+const MIB: u64 = 1 << 20;
+
+#[test]
+fn nbdinfo_lists_maps_and_describes() {
+    let f = Fixture::new(8 * MIB);
+    f.export_snapshot("frozen", "s1");
+    let list = run("nbdinfo", &["--list", &format!("nbd://{}", f.addr)]);
+    assert!(
+        list.contains("export=\"disk\"") || list.contains("disk"),
+        "{list}"
+    );
+    assert!(list.contains("frozen"), "{list}");
+
+    // zeroes with unmap leave a hole; without it (NO_HOLE) they are data
+    qemu_io(
+        &f.uri("disk"),
+        &["write -P 0x41 1M 1M", "write -z -u 2M 1M", "write -z 7M 1M"],
+    );
+    let map = run("nbdinfo", &["--map", &f.uri("disk")]);
+    // "offset length type description" lines: a hole, data, then holes
+    let rows: Vec<Vec<&str>> = map
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let row_at = |off: u64| rows.iter().find(|r| r[0] == off.to_string()).cloned();
+    let first = row_at(0).expect("a row at 0");
+    assert_eq!(first[1], MIB.to_string(), "{map}");
+    assert!(
+        first[3].contains("hole") && first[3].contains("zero"),
+        "{map}"
+    );
+    let data = row_at(MIB).expect("a row at 1M");
+    assert_eq!((data[1], data[2]), (MIB.to_string().as_str(), "0"), "{map}");
+    let rest = row_at(2 * MIB).expect("a row at 2M");
+    assert_eq!(
+        rest[1],
+        (5 * MIB).to_string(),
+        "zeroed and untouched merge: {map}"
+    );
+    assert!(rest[3].contains("hole"), "{map}");
+    let allocated = row_at(7 * MIB).expect("a row at 7M");
+    assert_eq!(
+        (allocated[1], allocated[2]),
+        (MIB.to_string().as_str(), "0"),
+        "{map}"
+    );
+
+    let json = run("nbdinfo", &["--json", &f.uri("disk")]);
+    assert!(
+        json.contains(&format!("\"export-size\": {}", 8 * MIB)),
+        "{json}"
+    );
+    assert!(json.contains("\"can_multi_conn\": true"), "{json}");
+    assert!(json.contains("\"is_read_only\": false"), "{json}");
+    assert!(json.contains("\"block_size_preferred\": 4096"), "{json}");
+    let ro = run("nbdinfo", &["--json", &f.uri("frozen")]);
+    assert!(ro.contains("\"is_read_only\": true"), "{ro}");
+}
+
+#[test]
+fn nbdcopy_both_ways() {
+    let f = Fixture::new(32 * MIB);
+    let dir = f.dir.path();
+    let src = dir.join("src.img");
+    let src_s = src.to_str().unwrap();
+    run("qemu-img", &["create", "-f", "raw", src_s, "32M"]);
+    run(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x71 0 3M",
+            "-c",
+            "write -P 0x72 17M 5M",
+            "-c",
+            "write -P 0x73 31M 1M",
+            src_s,
+        ],
+    );
+    let uri = f.uri("disk");
+    for (i, opts) in [
+        vec![],
+        vec!["--no-extents"],
+        vec!["-C", "1"],
+        vec!["--no-extents", "-C", "1"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // scribble first, so each copy in has something to overwrite
+        qemu_io(&uri, &["write -P 0xee 0 32M"]);
+        let mut args = opts.clone();
+        args.extend([src_s, uri.as_str()]);
+        run("nbdcopy", &args);
+        run(
+            "qemu-img",
+            &["compare", "-f", "raw", "-F", "raw", src_s, &uri],
+        );
+        let out = dir.join(format!("out{i}.img"));
+        let out_s = out.to_str().unwrap().to_owned();
+        let mut args = opts.clone();
+        args.extend([uri.as_str(), out_s.as_str()]);
+        run("nbdcopy", &args);
+        assert_eq!(
+            std::fs::read(&src).unwrap(),
+            std::fs::read(&out).unwrap(),
+            "nbdcopy {opts:?} out"
+        );
+    }
+}
+
+/// libnbd with strict mode off sends what it is told; the server answers
+/// each bad request with the protocol's error and the connection goes on.
+const ERRORS_PY: &str = r#"
+import errno, sys, nbd
+
+uri, ro_uri, structured = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+
+def connect(u):
+    h = nbd.NBD()
+    h.set_request_structured_replies(structured)
+    h.set_strict_mode(0)
+    h.connect_uri(u)
+    assert h.get_structured_replies_negotiated() == structured
+    return h
+
+def expect(h, what, code, fn):
+    try:
+        fn()
+    except nbd.Error as e:
+        if e.errnum != code:
+            raise SystemExit(f"{what}: errno {e.errnum} ({e}), wanted {code}")
+    else:
+        raise SystemExit(f"{what}: no error, wanted {code}")
+    # the connection is still good
+    assert h.pread(4096, 0) == b"\x5a" * 4096, what
+
+h = connect(uri)
+size = h.get_size()
+h.pwrite(b"\x5a" * 8192, 0)
+expect(h, "read past the end", errno.EINVAL, lambda: h.pread(8192, size - 4096))
+expect(h, "write past the end", errno.ENOSPC, lambda: h.pwrite(b"x" * 4096, size))
+expect(h, "zero past the end", errno.ENOSPC, lambda: h.zero(4096, size - 1))
+expect(h, "trim past the end", errno.EINVAL, lambda: h.trim(8192, size))
+expect(h, "oversized read", errno.EINVAL, lambda: h.pread(64 << 20, 0))
+expect(h, "oversized write", errno.EINVAL, lambda: h.pwrite(b"y" * (33 << 20), 0))
+expect(h, "flag not for this command", errno.EINVAL, lambda: h.pread(4096, 0, flags=nbd.CMD_FLAG_REQ_ONE))
+if structured:
+    expect(h, "fast zero that cannot be fast", errno.ENOTSUP,
+           lambda: h.zero(4096, 0, flags=nbd.CMD_FLAG_FAST_ZERO | nbd.CMD_FLAG_NO_HOLE))
+# a good fast zero and a flush still work
+h.zero(4096, 8192, flags=nbd.CMD_FLAG_FAST_ZERO)
+h.flush()
+assert h.pread(4096, 8192) == bytes(4096)
+h.shutdown()
+
+r = connect(ro_uri)
+assert r.is_read_only()
+expect(r, "write to a read-only export", errno.EPERM, lambda: r.pwrite(b"z" * 4096, 0))
+expect(r, "trim on a read-only export", errno.EPERM, lambda: r.trim(4096, 0))
+expect(r, "zero on a read-only export", errno.EPERM, lambda: r.zero(4096, 0))
+r.shutdown()
+print("ok")
+"#;
+
+#[test]
+fn libnbd_error_codes_keep_the_connection() {
+    let f = Fixture::new(8 * MIB);
+    qemu_io(&f.uri("disk"), &["write -P 0x5a 0 4k"]);
+    f.export_snapshot("frozen", "s1");
+    let script = f.dir.path().join("errors.py");
+    std::fs::write(&script, ERRORS_PY).unwrap();
+    for structured in ["1", "0"] {
+        let out = run_raw(
+            "/usr/bin/python3",
+            &[
+                script.to_str().unwrap(),
+                &f.uri("disk"),
+                &f.uri("frozen"),
+                structured,
+            ],
+        );
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+            "structured={structured}:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // the data is as the good requests left it
+    let mut buf = vec![0u8; 4096];
+    f.store.volume("disk").unwrap().read(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x5a));
+}
