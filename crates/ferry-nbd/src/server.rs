@@ -246,6 +246,15 @@ impl Server {
         self.inner.conns.lock().len()
     }
 
+    /// Waits until no connection is open (each ended by its client or by
+    /// the server).
+    pub fn wait_idle(&self) {
+        let mut conns = self.inner.conns.lock();
+        while !conns.is_empty() {
+            self.inner.ended.wait(&mut conns);
+        }
+    }
+
     /// Ends the connections whose export was removed or replaced; call after
     /// any change of the exports.
     pub fn exports_changed(&self) {
@@ -265,13 +274,10 @@ impl Server {
     pub fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.stop_accepting.send_replace(true);
-        let mut conns = self.inner.conns.lock();
-        for c in conns.values() {
+        for c in self.inner.conns.lock().values() {
             c.stream.shutdown(Shutdown::Read);
         }
-        while !conns.is_empty() {
-            self.inner.ended.wait(&mut conns);
-        }
+        self.wait_idle();
     }
 
     fn spawn_connection(&self, stream: Stream, peer: String) {

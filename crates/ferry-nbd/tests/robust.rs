@@ -1,0 +1,206 @@
+//! Requests and handshakes no well-behaved client sends, clients that vanish,
+//! and many connections: each costs at most its own connection, never data.
+
+mod common;
+
+use std::io::{Read, Write};
+
+use common::{Fixture, RawClient};
+use ferry_nbd::proto::*;
+
+const MIB: u64 = 1 << 20;
+
+fn fill(f: &Fixture, byte: u8, offset: u64, len: usize) {
+    f.store
+        .volume("disk")
+        .unwrap()
+        .write(&vec![byte; len], offset, false)
+        .unwrap();
+}
+
+fn read_back(f: &Fixture, offset: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    f.store
+        .volume("disk")
+        .unwrap()
+        .read(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_connection_goes_on() {
+    let f = Fixture::new(MIB);
+    fill(&f, 0x42, 0, 8192);
+    let mut c = RawClient::connect(f.addr, "disk");
+    assert_eq!(c.call(99, 0, 0, 0, &[]).0, EINVAL, "unknown command");
+    assert_eq!(
+        c.call(CMD_READ, 1 << 9, 0, 512, &[]).0,
+        EINVAL,
+        "unknown flag"
+    );
+    assert_eq!(
+        c.call(CMD_READ, CMD_FLAG_DF, 0, 512, &[]).0,
+        EINVAL,
+        "DF without structured replies"
+    );
+    assert_eq!(
+        c.call(CMD_BLOCK_STATUS, 0, 0, 512, &[]).0,
+        EINVAL,
+        "no context negotiated"
+    );
+    // a refused write's payload is skipped, not taken for the next request
+    let payload = vec![0x99u8; 4096];
+    assert_eq!(c.call(CMD_WRITE, 0, MIB - 1024, 4096, &payload).0, ENOSPC);
+    assert_eq!(c.call(CMD_WRITE, 1 << 12, 0, 4096, &payload).0, EINVAL);
+    let (err, data) = c.call(CMD_READ, 0, 0, 8192, &[]);
+    assert_eq!(err, 0);
+    assert!(data.iter().all(|&b| b == 0x42));
+    c.disconnect();
+    assert!(read_back(&f, 0, 8192).iter().all(|&b| b == 0x42));
+}
+
+#[test]
+fn many_requests_in_flight_each_answered_once() {
+    let f = Fixture::new(8 * MIB);
+    for i in 0..64u64 {
+        fill(&f, i as u8, i * 65536, 65536);
+    }
+    let mut c = RawClient::connect(f.addr, "disk");
+    // pipelined: 64 reads and 64 writes without waiting
+    for i in 0..64u64 {
+        c.send(CMD_READ, 0, 1000 + i, i * 65536, 65536, &[]);
+        c.send(
+            CMD_WRITE,
+            0,
+            2000 + i,
+            4 * MIB + i * 4096,
+            4096,
+            &[0xa0 | (i as u8 & 0xf); 4096],
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..128 {
+        let (cookie, err, data) = c.reply().unwrap();
+        assert_eq!(err, 0);
+        assert!(seen.insert(cookie), "cookie {cookie} answered twice");
+        if cookie < 2000 {
+            let i = cookie - 1000;
+            assert!(
+                data.iter().all(|&b| b == i as u8),
+                "read {i} got another block's data"
+            );
+        }
+    }
+    c.disconnect();
+    for i in 0..64u64 {
+        assert!(
+            read_back(&f, 4 * MIB + i * 4096, 4096)
+                .iter()
+                .all(|&b| b == 0xa0 | (i as u8 & 0xf))
+        );
+    }
+}
+
+#[test]
+fn malformed_handshakes_cost_only_their_connection() {
+    let f = Fixture::new(MIB);
+    fill(&f, 0x17, 0, 4096);
+    let greet = |s: &mut std::net::TcpStream| {
+        let mut g = [0u8; GREETING_LEN];
+        s.read_exact(&mut g).unwrap();
+    };
+    // unknown client flags: the server closes
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    greet(&mut s);
+    s.write_all(&0xffu32.to_be_bytes()).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+    // a wrong option magic: the server closes
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    greet(&mut s);
+    s.write_all(&1u32.to_be_bytes()).unwrap();
+    s.write_all(&[0x55; 16]).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+    // an option cut short, then gone
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    greet(&mut s);
+    s.write_all(&1u32.to_be_bytes()).unwrap();
+    let mut opt = IHAVEOPT.to_be_bytes().to_vec();
+    opt.extend_from_slice(&OPT_GO.to_be_bytes());
+    opt.extend_from_slice(&100u32.to_be_bytes());
+    opt.extend_from_slice(&[0; 10]);
+    s.write_all(&opt).unwrap();
+    drop(s);
+    // a huge option length is refused with TOO_BIG after skipping it
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    greet(&mut s);
+    s.write_all(&1u32.to_be_bytes()).unwrap();
+    let big = (2 << 20) as u32;
+    let mut opt = IHAVEOPT.to_be_bytes().to_vec();
+    opt.extend_from_slice(&OPT_LIST.to_be_bytes());
+    opt.extend_from_slice(&big.to_be_bytes());
+    s.write_all(&opt).unwrap();
+    s.write_all(&vec![0u8; big as usize]).unwrap();
+    let mut h = [0u8; 20];
+    s.read_exact(&mut h).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(h[12..16].try_into().unwrap()),
+        REP_ERR_TOO_BIG
+    );
+    drop(s);
+    // a bad request magic in transmission: that connection ends
+    let mut c = RawClient::connect(f.addr, "disk");
+    c.sock.write_all(&[0xde; REQUEST_LEN]).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(c.sock.read_to_end(&mut rest).unwrap_or(0), 0);
+    // and the server is fine
+    let mut c = RawClient::connect(f.addr, "disk");
+    let (err, data) = c.call(CMD_READ, 0, 0, 4096, &[]);
+    assert_eq!(err, 0);
+    assert!(data.iter().all(|&b| b == 0x17));
+    c.disconnect();
+    f.server.wait_idle();
+}
+
+#[test]
+fn a_client_vanishing_mid_write_changes_nothing() {
+    let f = Fixture::new(MIB);
+    fill(&f, 0x33, 0, 65536);
+    let mut c = RawClient::connect(f.addr, "disk");
+    let req = Request {
+        flags: 0,
+        command: CMD_WRITE,
+        cookie: 9,
+        offset: 0,
+        len: 65536,
+    };
+    c.sock.write_all(&encode_request(&req)).unwrap();
+    c.sock.write_all(&[0xcc; 10_000]).unwrap();
+    drop(c);
+    f.server.wait_idle();
+    assert!(read_back(&f, 0, 65536).iter().all(|&b| b == 0x33));
+    let mut c = RawClient::connect(f.addr, "disk");
+    assert_eq!(c.call(CMD_READ, 0, 0, 4096, &[]).0, 0);
+    c.disconnect();
+}
+
+#[test]
+fn removing_an_export_disconnects_its_clients() {
+    let f = Fixture::new(MIB);
+    f.export_snapshot("frozen", "s1");
+    let mut keep = RawClient::connect(f.addr, "disk");
+    let mut gone = RawClient::connect(f.addr, "frozen");
+    assert_eq!(gone.call(CMD_READ, 0, 0, 4096, &[]).0, 0);
+    f.exports.map.lock().remove("frozen");
+    f.server.exports_changed();
+    let mut rest = Vec::new();
+    assert_eq!(
+        gone.sock.read_to_end(&mut rest).unwrap_or(0),
+        0,
+        "the client of a removed export is disconnected"
+    );
+    assert_eq!(keep.call(CMD_READ, 0, 0, 4096, &[]).0, 0, "others stay");
+    keep.disconnect();
+}
