@@ -13,11 +13,15 @@
 //! cargo-fuzz target in `fuzz/`.
 
 pub mod command;
+#[cfg(feature = "server")]
 pub mod disk;
 pub mod handshake;
 pub mod proto;
+#[cfg(feature = "server")]
 pub mod server;
 
+#[cfg(feature = "server")]
 pub use disk::Disk;
 pub use handshake::{Catalog, ExportMeta, TlsMode};
+#[cfg(feature = "server")]
 pub use server::{Exports, Server, ServerConfig};
