@@ -10,12 +10,25 @@ cd "$(dirname "$0")/.."
 # --- system packages the tests drive (real clients, no mocks) ---
 packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
-# (the engine's tests need none yet; later issues add qemu-utils, nbdkit, ...)
+# the NBD interop suite (crates/ferry-nbd/tests) drives these real clients
+need qemu-img qemu-utils
+need qemu-io qemu-utils
+need qemu-storage-daemon qemu-utils
+need nbdinfo libnbd-bin
+need nbdcopy libnbd-bin
+need nbdsh libnbd-bin
+need nbdkit nbdkit
+need fio fio
+need fuse2fs fuse2fs
+need mkfs.ext4 e2fsprogs
+# libnbd's Python binding for Debian's python, as nbdsh uses it
+[ -e /usr/lib/python3/dist-packages/nbd.py ] || packages+=(python3-libnbd)
 if [ ${#packages[@]} -gt 0 ]; then
     echo "installing: ${packages[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${packages[@]}"
+    # one package may be named twice above; apt takes each once
+    apt-get install -y -qq $(printf '%s\n' "${packages[@]}" | sort -u)
 fi
 
 # --- how hard the randomized tests push ---
@@ -38,6 +51,8 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
     cargo test --workspace --locked
 fi
+echo "== fuzz: a short run of every target (FERRY_FUZZ_SECONDS=${FERRY_FUZZ_SECONDS:=15} each)"
+bash scripts/fuzz.sh "$FERRY_FUZZ_SECONDS"
 echo "== schemathesis against docs/openapi.json and a live ferryd"
 bash scripts/schemathesis.sh
 echo "== all tests passed"

@@ -15,6 +15,7 @@ impl Catalog for Fixed {
     }
     fn lookup(&self, name: &str) -> Option<ExportMeta> {
         matches!(name, "disk" | "frozen").then(|| ExportMeta {
+            id: 1,
             name: name.into(),
             description: format!("export {name}"),
             size: 1 << 30,

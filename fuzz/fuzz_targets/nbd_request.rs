@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let size = u64::from_be_bytes(data[1..9].try_into().unwrap()) >> (data[0] % 64);
     let agreement = Agreement {
         export: ExportMeta {
+            id: 1,
             name: "disk".into(),
             description: String::new(),
             size,

@@ -153,6 +153,7 @@ mod tests {
     fn agreement(read_only: bool, structured: bool) -> Agreement {
         Agreement {
             export: ExportMeta {
+                id: 1,
                 name: "disk".into(),
                 description: String::new(),
                 size: 1 << 20,

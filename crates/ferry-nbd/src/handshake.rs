@@ -24,6 +24,8 @@ pub const BASE_ALLOCATION: &str = "base:allocation";
 /// What the server knows of one export.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportMeta {
+    /// Tells this export from a later one of the same name.
+    pub id: u64,
     pub name: String,
     pub description: String,
     pub size: u64,
@@ -376,6 +378,7 @@ mod tests {
         }
         fn lookup(&self, name: &str) -> Option<ExportMeta> {
             (name == "disk").then(|| ExportMeta {
+                id: 1,
                 name: "disk".into(),
                 description: "volume vm1-system".into(),
                 size: 1 << 20,

@@ -47,6 +47,7 @@ impl Catalog for MapExports {
             ),
         };
         Some(ExportMeta {
+            id: 0,
             name: name.to_owned(),
             description,
             size,

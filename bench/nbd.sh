@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# NBD serving speed: fio's nbd engine against ferryd, nbdkit's file plugin and
+# qemu-nbd, each serving a 2 GiB file-backed disk, in one run, same jobs, same
+# data; prints ferry's ratio to each, and server CPU per operation.
+#   jobs: 4 KiB random read QD32, 4 KiB random write QD32,
+#         1 MiB sequential read QD8, 1 MiB sequential write QD8
+#   goals: ferry >= 1.0x nbdkit on all four; with 16 snapshots in the chain
+#          >= 0.9x of ferry's own flat figures; server CPU per 4 KiB op <= nbdkit's
+#
+#   bash bench/nbd.sh                         # ~20 s per job and target
+#   FERRY_BENCH_RUNTIME=5 bash bench/nbd.sh   # quicker, noisier
+#   FERRY_BENCH_DIR=/mnt/fast bash bench/nbd.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runtime="${FERRY_BENCH_RUNTIME:-20}"
+base="${FERRY_BENCH_DIR:-/tmp/ferry-bench}"
+size_gib=2
+
+for tool in fio nbdkit qemu-nbd python3; do
+    command -v "$tool" >/dev/null || { echo "bench/nbd.sh needs $tool (apt-get install -y fio nbdkit qemu-utils)" >&2; exit 1; }
+done
+
+echo "== ferry NBD bench"
+cpu="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || true)"
+mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || true)"
+echo "machine: $(nproc) cores${cpu:+ ($cpu)}, ${mem:-? GiB} RAM, $(uname -sr)"
+dirty=""
+git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || dirty=" + uncommitted changes in the work tree"
+echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty"
+echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "peers:   $(nbdkit --version 2>&1 | head -1); $(qemu-nbd --version | head -1); $(fio --version)"
+
+cargo build --release --locked --bin ferryd --bin ferry 2>&1 | tail -1
+ferryd_bin="$PWD/target/release/ferryd"
+ferry_bin="$PWD/target/release/ferry"
+
+mkdir -p "$base"
+avail_kib="$(df -Pk "$base" | awk 'NR == 2 {print $4}')"
+if [ "$avail_kib" -lt $((4 * size_gib * 1048576)) ]; then
+    echo "too little free disk under $base (needs ~$((4 * size_gib)) GiB); set FERRY_BENCH_DIR" >&2
+    exit 1
+fi
+work="$(mktemp -d "$base/nbd.XXXXXX")"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+port_ferry=18809 port_nbdkit=18810 port_qemu=18811 api=127.0.0.1:18410
+
+# --- the three servers ---
+"$ferryd_bin" --data "$work/ferry" --api "$api" --nbd "127.0.0.1:$port_ferry" >"$work/ferryd.log" 2>&1 &
+ferry_pid=$!
+pids+=("$ferry_pid")
+for _ in $(seq 100); do grep -q "NBD listening" "$work/ferryd.log" 2>/dev/null && break; sleep 0.1; done
+grep -q "NBD listening" "$work/ferryd.log" || { cat "$work/ferryd.log"; exit 1; }
+ferry() { FERRY_TOKEN_FILE="$work/ferry/admin.token" "$ferry_bin" --server "http://$api" "$@" >/dev/null; }
+ferry volume create disk --size "${size_gib}G"
+ferry group create bench --slot disk=disk
+ferry export add disk --volume disk
+
+truncate -s "${size_gib}G" "$work/nbdkit.img" "$work/qemu.img"
+nbdkit --foreground --ipaddr 127.0.0.1 --port "$port_nbdkit" --exit-with-parent file "file=$work/nbdkit.img" &
+nbdkit_pid=$!
+pids+=("$nbdkit_pid")
+qemu-nbd --persistent --shared=16 --format=raw --export-name=disk --bind=127.0.0.1 --port="$port_qemu" \
+    --cache=writeback --aio=threads "$work/qemu.img" &
+qemu_pid=$!
+pids+=("$qemu_pid")
+
+uri() { echo "nbd://127.0.0.1:$1/disk"; }
+wait_port() { for _ in $(seq 100); do nbdinfo --size "$(uri "$1")" >/dev/null 2>&1 && return; sleep 0.1; done; echo "no server on $1" >&2; exit 1; }
+wait_port "$port_ferry"; wait_port "$port_nbdkit"; wait_port "$port_qemu"
+
+# CPU seconds (user + system) a process has used.
+cpu_s() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
+
+# fio_run PORT NAME RW BS DEPTH [extra...] -> prints "ops/s MiB/s cpu_us_per_op"
+fio_run() {
+    local port=$1 name=$2 rw=$3 bs=$4 depth=$5 pid=$6
+    shift 6
+    local c0 c1 out
+    c0="$(cpu_s "$pid")"
+    out="$(fio --output-format=json --ioengine=nbd --uri="$(uri "$port")" --name="$name" --rw="$rw" \
+        --bs="$bs" --iodepth="$depth" --size="${size_gib}G" --time_based --runtime="$runtime" \
+        --ramp_time=2 --randrepeat=0 "$@")"
+    c1="$(cpu_s "$pid")"
+    python3 -c '
+import json, sys
+j = json.loads(sys.argv[1])["jobs"][0]
+ops = j["read"]["total_ios"] + j["write"]["total_ios"]
+iops = j["read"]["iops"] + j["write"]["iops"]
+mib = (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / 1048576
+cpu = float(sys.argv[3]) - float(sys.argv[2])
+print(f"{iops:.0f} {mib:.1f} {cpu / ops * 1e6 if ops else 0:.2f}")
+' "$out" "$c0" "$c1"
+}
+
+# Fill every disk the same way (4 KiB sequential writes: small page-cache
+# folios, as the engine bench explains), so reads read data.
+echo "filling each disk with ${size_gib} GiB of data ..."
+for port in $port_ferry $port_nbdkit $port_qemu; do
+    fio --output-format=terse --ioengine=nbd --uri="$(uri "$port")" --name=fill --rw=write --bs=4k \
+        --iodepth=32 --size="${size_gib}G" --refill_buffers >/dev/null
+done
+
+jobs=("randread 4k 32" "randwrite 4k 32" "read 1m 8" "write 1m 8")
+labels=("4 KiB random read QD32" "4 KiB random write QD32" "1 MiB sequential read QD8" "1 MiB sequential write QD8")
+declare -A res
+measure() { # tag port pid
+    local tag=$1 port=$2 pid=$3 i
+    for i in "${!jobs[@]}"; do
+        read -r rw bs depth <<<"${jobs[$i]}"
+        res[$tag,$i]="$(fio_run "$port" "$rw" "$rw" "$bs" "$depth" "$pid")"
+        echo "  $tag: ${labels[$i]}: ${res[$tag,$i]}"
+    done
+}
+echo "measuring (${runtime} s per job, ops/s MiB/s server-CPU-µs/op) ..."
+measure ferry "$port_ferry" "$ferry_pid"
+measure nbdkit "$port_nbdkit" "$nbdkit_pid"
+measure qemu "$port_qemu" "$qemu_pid"
+
+echo "taking 16 snapshots, 1/16 of the disk rewritten before each ..."
+for s in $(seq 16); do
+    fio --output-format=terse --ioengine=nbd --uri="$(uri "$port_ferry")" --name=churn --rw=randwrite \
+        --bs=64k --iodepth=16 --size="${size_gib}G" --io_size=$((size_gib * 1024 / 16))m --randrepeat=0 >/dev/null
+    ferry snapshot create bench --name "s$s"
+done
+measure ferry16 "$port_ferry" "$ferry_pid"
+
+echo
+printf '%-28s %10s %10s %10s %9s %9s %11s   %s\n' job ferry nbdkit qemu-nbd /nbdkit /qemu-nbd "16 snaps" "CPU µs/op ferry nbdkit qemu"
+for i in "${!jobs[@]}"; do
+    read -r f_iops f_mib f_cpu <<<"${res[ferry,$i]}"
+    read -r k_iops k_mib k_cpu <<<"${res[nbdkit,$i]}"
+    read -r q_iops q_mib q_cpu <<<"${res[qemu,$i]}"
+    read -r s_iops s_mib s_cpu <<<"${res[ferry16,$i]}"
+    python3 - "$f_iops" "$k_iops" "$q_iops" "$s_iops" "$f_cpu" "$k_cpu" "$q_cpu" "${labels[$i]}" <<'EOF'
+import sys
+f, k, q, s = map(float, sys.argv[1:5])
+fc, kc, qc = sys.argv[5:8]
+label = sys.argv[8]
+r = lambda a, b: f"{a / b:.2f}x" if b else "-"
+print(f"{label:<28} {f:>10.0f} {k:>10.0f} {q:>10.0f} {r(f, k):>9} {r(f, q):>9} {r(s, f):>11}   {fc} {kc} {qc}")
+EOF
+done
+echo
+echo "ops/s per target; ratios are ferry / peer, and ferry with 16 snapshots / ferry flat."
+echo "goals: ferry/nbdkit >= 1.0x; 16 snaps >= 0.9x; ferry CPU/op <= nbdkit's for 4 KiB jobs"
