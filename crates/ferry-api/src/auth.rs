@@ -25,6 +25,8 @@ pub enum Privilege {
     Clone,
     Sync,
     SpaceRead,
+    ExportRead,
+    ExportWrite,
     JobRead,
     JobCancel,
     AuditRead,
@@ -41,7 +43,7 @@ impl Privilege {
         }
     }
 
-    pub const ALL: [Privilege; 15] = [
+    pub const ALL: [Privilege; 17] = [
         Privilege::VolumeRead,
         Privilege::VolumeWrite,
         Privilege::GroupRead,
@@ -52,6 +54,8 @@ impl Privilege {
         Privilege::Clone,
         Privilege::Sync,
         Privilege::SpaceRead,
+        Privilege::ExportRead,
+        Privilege::ExportWrite,
         Privilege::JobRead,
         Privilege::JobCancel,
         Privilege::AuditRead,
@@ -66,9 +70,11 @@ impl Privilege {
 pub enum Role {
     /// Everything.
     Admin,
-    /// Runs snapshots, clones, syncs and reads everything; no configuration.
+    /// Runs snapshots, clones, syncs, exports and reads everything; no
+    /// configuration.
     Operator,
-    /// Only groups whose tags were granted to them: see them and snapshot them.
+    /// Only groups whose tags were granted to them: see them (and their
+    /// exports) and snapshot them.
     User,
 }
 
@@ -83,12 +89,21 @@ impl Role {
                 matches!(self, R::Admin | R::Operator)
             }
             P::VolumeWrite | P::GroupWrite | P::UserWrite => matches!(self, R::Admin),
-            P::SnapshotDelete | P::Clone | P::Sync => matches!(self, R::Admin | R::Operator),
-            // A scoped user reads and cancels only jobs on groups it sees
-            // (the job routes check).
-            P::GroupRead | P::SnapshotRead | P::SnapshotCreate | P::JobRead | P::JobCancel => {
-                matches!(self, R::Admin | R::Operator | R::User)
+            // Exporting a disk opens it to NBD clients: an operator's task,
+            // like clone and sync, not self-service.
+            P::SnapshotDelete | P::Clone | P::Sync | P::ExportWrite => {
+                matches!(self, R::Admin | R::Operator)
             }
+            // A scoped user reads and cancels only jobs on groups it sees
+            // (the job routes check), and sees only the exports of volumes
+            // and snapshots of those groups (the export routes check), as it
+            // sees their slots' volumes in the group itself.
+            P::GroupRead
+            | P::SnapshotRead
+            | P::SnapshotCreate
+            | P::ExportRead
+            | P::JobRead
+            | P::JobCancel => matches!(self, R::Admin | R::Operator | R::User),
         }
     }
 
@@ -410,5 +425,8 @@ mod tests {
         }
         assert!(!Role::Operator.allows(Privilege::VolumeWrite));
         assert!(!Role::User.allows(Privilege::VolumeRead));
+        assert!(Role::Operator.allows(Privilege::ExportWrite));
+        assert!(Role::User.allows(Privilege::ExportRead));
+        assert!(!Role::User.allows(Privilege::ExportWrite));
     }
 }

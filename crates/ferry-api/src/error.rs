@@ -112,6 +112,7 @@ impl From<StoreError> for ApiError {
                 (S::CONFLICT, "already_exists", Some(field_of(kind)))
             }
             StoreError::InUse { .. } => (S::CONFLICT, "in_use", None),
+            StoreError::Slot { .. } => (S::BAD_REQUEST, "invalid_slot", Some("slot".to_owned())),
             StoreError::Invalid(_) => (S::BAD_REQUEST, "invalid", None),
             StoreError::OutOfRange { .. } => (S::BAD_REQUEST, "out_of_range", None),
             StoreError::Shrink { .. } => (S::BAD_REQUEST, "cannot_shrink", Some("size".to_owned())),

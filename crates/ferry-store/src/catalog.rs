@@ -1,10 +1,12 @@
-//! The catalog: volumes, groups, layers and snapshots, kept in redb.
+//! The catalog: volumes, groups, layers, snapshots and exports, kept in redb.
 //!
 //! The whole catalog is loaded into memory at open ([`CatalogState`]); every
 //! change is a list of [`Change`]s written in one redb transaction and applied
 //! to memory only after it committed. Records are JSON values under `u64`
 //! keys, one table per kind. redb runs on the engine's [`Storage`] through
-//! [`RedbFile`], so crash and fault tests cover the catalog too.
+//! [`RedbFile`], so crash and fault tests cover the catalog too. A table a
+//! catalog lacks (one written before that kind of record existed, like
+//! `exports`) is created empty at open.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -13,7 +15,7 @@ use std::sync::Arc;
 
 use crate::error::{Result, StoreError};
 use crate::storage::{Storage, StorageFile};
-use crate::types::{GroupId, LayerId, SnapshotId, SnapshotKind, VolumeId};
+use crate::types::{ExportId, GroupId, LayerId, SnapshotId, SnapshotKind, VolumeId};
 
 /// The catalog file's name in the store's directory.
 pub const CATALOG_FILE: &str = "catalog.redb";
@@ -25,6 +27,7 @@ const VOLUMES: TableDefinition<u64, &[u8]> = TableDefinition::new("volumes");
 const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("groups");
 const LAYERS: TableDefinition<u64, &[u8]> = TableDefinition::new("layers");
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+const EXPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("exports");
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct VolumeRec {
@@ -75,6 +78,26 @@ pub(crate) struct SnapshotRec {
     pub members: BTreeMap<String, MemberRec>,
 }
 
+/// What an export serves, by id, so that it follows its object whatever
+/// names change.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ExportSource {
+    /// A live volume, read-write.
+    Volume(VolumeId),
+    /// One member of a snapshot, read-only; `slot` is `""` for a lone
+    /// volume's snapshot.
+    Snapshot { id: SnapshotId, slot: String },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ExportRec {
+    pub id: ExportId,
+    pub name: String,
+    pub source: ExportSource,
+    pub created: u64,
+}
+
 /// One change of a catalog transaction.
 #[derive(Debug)]
 pub(crate) enum Change {
@@ -86,6 +109,8 @@ pub(crate) enum Change {
     DelLayer(LayerId),
     PutSnapshot(SnapshotRec),
     DelSnapshot(SnapshotId),
+    PutExport(ExportRec),
+    DelExport(ExportId),
 }
 
 /// The catalog as loaded in memory.
@@ -96,6 +121,7 @@ pub(crate) struct CatalogState {
     pub groups: BTreeMap<GroupId, GroupRec>,
     pub layers: BTreeMap<LayerId, LayerRec>,
     pub snapshots: BTreeMap<SnapshotId, SnapshotRec>,
+    pub exports: BTreeMap<ExportId, ExportRec>,
 }
 
 impl CatalogState {
@@ -125,6 +151,12 @@ impl CatalogState {
             Change::DelSnapshot(id) => {
                 self.snapshots.remove(&id);
             }
+            Change::PutExport(r) => {
+                self.exports.insert(r.id, r);
+            }
+            Change::DelExport(id) => {
+                self.exports.remove(&id);
+            }
         }
     }
 
@@ -153,6 +185,20 @@ impl CatalogState {
         self.snapshots_of(owner).find(|s| s.name == name)
     }
 
+    pub fn export_by_name(&self, name: &str) -> Option<&ExportRec> {
+        self.exports.values().find(|e| e.name == name)
+    }
+
+    /// Removals of the exports that serve a volume or a snapshot being
+    /// deleted, for the same transaction.
+    pub fn exports_of(&self, source: impl Fn(&ExportSource) -> bool) -> Vec<Change> {
+        self.exports
+            .values()
+            .filter(|e| source(&e.source))
+            .map(|e| Change::DelExport(e.id))
+            .collect()
+    }
+
     /// The layer ids from `top` down to the bottom of its chain.
     pub fn lineage(&self, top: LayerId) -> Vec<LayerId> {
         let mut out = vec![top];
@@ -170,6 +216,9 @@ impl CatalogState {
 pub(crate) struct Catalog {
     db: redb::Database,
     pub state: CatalogState,
+    /// Set by a commit that removed or replaced an export; taken by whoever
+    /// tells the export listeners once the catalog lock is released.
+    exports_changed: bool,
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, key: u64, bytes: &[u8]) -> Result<T> {
@@ -194,6 +243,7 @@ impl Catalog {
         let mut catalog = Catalog {
             db,
             state: CatalogState::default(),
+            exports_changed: false,
         };
         catalog.load()?;
         Ok(catalog)
@@ -225,7 +275,7 @@ impl Catalog {
                         });
                     }
                 }
-                for t in [VOLUMES, GROUPS, LAYERS, SNAPSHOTS] {
+                for t in [VOLUMES, GROUPS, LAYERS, SNAPSHOTS, EXPORTS] {
                     tx.open_table(t).map_err(|e| err(e.into()))?;
                 }
             }
@@ -252,6 +302,7 @@ impl Catalog {
         load_table!(GROUPS, "groups", groups, GroupId);
         load_table!(LAYERS, "layers", layers, LayerId);
         load_table!(SNAPSHOTS, "snapshots", snapshots, SnapshotId);
+        load_table!(EXPORTS, "exports", exports, ExportId);
         Ok(())
     }
 
@@ -274,6 +325,7 @@ impl Catalog {
             let mut groups = tx.open_table(GROUPS).map_err(|e| err(e.into()))?;
             let mut layers = tx.open_table(LAYERS).map_err(|e| err(e.into()))?;
             let mut snapshots = tx.open_table(SNAPSHOTS).map_err(|e| err(e.into()))?;
+            let mut exports = tx.open_table(EXPORTS).map_err(|e| err(e.into()))?;
             for change in &changes {
                 let r = match change {
                     Change::PutVolume(r) => volumes.insert(r.id.0, encode(r).as_slice()).map(drop),
@@ -286,15 +338,27 @@ impl Catalog {
                         snapshots.insert(r.id.0, encode(r).as_slice()).map(drop)
                     }
                     Change::DelSnapshot(id) => snapshots.remove(id.0).map(drop),
+                    Change::PutExport(r) => exports.insert(r.id.0, encode(r).as_slice()).map(drop),
+                    Change::DelExport(id) => exports.remove(id.0).map(drop),
                 };
                 r.map_err(|e| err(e.into()))?;
             }
         }
         tx.commit().map_err(|e| err(e.into()))?;
         for change in changes {
+            self.exports_changed |= match &change {
+                Change::DelExport(id) => self.state.exports.contains_key(id),
+                Change::PutExport(r) => self.state.exports.contains_key(&r.id),
+                _ => false,
+            };
             self.state.apply(change);
         }
         Ok(())
+    }
+
+    /// Whether a commit since the last call removed or replaced an export.
+    pub fn take_exports_changed(&mut self) -> bool {
+        std::mem::take(&mut self.exports_changed)
     }
 }
 

@@ -23,6 +23,10 @@ pub enum StoreError {
         name: String,
         reason: String,
     },
+    /// A snapshot export's slot does not fit the snapshot: a group's
+    /// snapshot needs one, a lone volume's takes none.
+    #[error("snapshot {snapshot:?} {reason}")]
+    Slot { snapshot: String, reason: String },
     #[error("invalid request: {0}")]
     Invalid(&'static str),
     #[error("range {offset}+{len} is outside the volume of {size} bytes")]

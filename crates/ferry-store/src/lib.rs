@@ -3,7 +3,8 @@
 //! It owns volumes (virtual disks of 4 KiB blocks), groups (the disks of one
 //! VM as named slots), snapshots of a group at one instant, clones of
 //! snapshots, sync (production slots into a test group), diffs between
-//! snapshots, and space accounting. It is synchronous and thread-safe; async
+//! snapshots, space accounting, and exports (the NBD names of volumes and
+//! snapshots, as catalog records; serving them is `ferry-nbd`'s). It is synchronous and thread-safe; async
 //! lives at the network edges, in other crates.
 //!
 //! A volume is a chain of layers ([`layer`]): the head takes writes, sealed
@@ -35,11 +36,11 @@ pub use error::{Result, StoreError};
 pub use progress::Progress;
 pub use roaring::RoaringBitmap;
 pub use store::{
-    DiffEnd, GcOutcome, GroupInfo, MemberInfo, SnapshotInfo, SpaceInfo, Store, SyncReport, Target,
-    VolumeInfo,
+    DiffEnd, ExportDisk, ExportInfo, ExportKind, ExportSpec, GcOutcome, GroupInfo, MemberInfo,
+    SnapshotInfo, SpaceInfo, Store, SyncReport, Target, VolumeInfo,
 };
 pub use types::{
-    BLOCK_SIZE, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId, parse_size,
-    tag_value_ok, validate_name, validate_tag,
+    BLOCK_SIZE, ExportId, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId,
+    parse_size, tag_value_ok, validate_name, validate_tag,
 };
 pub use volume::{Allocation, SnapshotReader, VolumeHandle};

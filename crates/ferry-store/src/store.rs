@@ -1,19 +1,20 @@
 //! The store: the catalog plus every open volume and layer, and the
 //! operations that change them (volumes, groups, snapshots, clones, sync,
-//! diffs, space) and the garbage collection that deletes and merges layers.
+//! diffs, space, exports in `exports`) and the garbage collection that
+//! deletes and merges layers.
 //!
 //! Locks, always taken in this order: `gc` → `catalog` → volume states
 //! (ascending id) → layer maps. Data I/O takes only a volume's state for
 //! reading, then layer maps.
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use roaring::RoaringBitmap;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::catalog::{
-    Catalog, Change, GroupRec, LayerRec, MemberRec, OwnerId, SnapshotRec, VolumeRec,
+    Catalog, Change, ExportSource, GroupRec, LayerRec, MemberRec, OwnerId, SnapshotRec, VolumeRec,
 };
 use crate::error::{Result, StoreError};
 use crate::layer::{self, BlockState, Layer};
@@ -24,6 +25,10 @@ use crate::types::{
     now_unix_nanos, validate_name, validate_tag,
 };
 use crate::volume::{SnapshotReader, Volume, VolumeHandle};
+
+mod exports;
+
+pub use exports::{ExportDisk, ExportInfo, ExportKind, ExportSpec};
 
 /// Blocks a merge copies under one hold of the write barrier.
 const MERGE_CHUNK: usize = 256;
@@ -139,7 +144,41 @@ struct Inner {
     catalog: Mutex<Catalog>,
     volumes: RwLock<HashMap<VolumeId, Arc<Volume>>>,
     layers: RwLock<HashMap<LayerId, Arc<Layer>>>,
+    export_listeners: exports::Listeners,
     _lock: Option<std::fs::File>,
+}
+
+/// The catalog, locked. When it is released after a commit that removed or
+/// replaced an export (by any path: an explicit removal or a cascade), it
+/// calls the export listeners, outside the lock.
+struct CatalogGuard<'a> {
+    guard: Option<MutexGuard<'a, Catalog>>,
+    listeners: &'a exports::Listeners,
+}
+
+impl std::ops::Deref for CatalogGuard<'_> {
+    type Target = Catalog;
+    fn deref(&self) -> &Catalog {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl std::ops::DerefMut for CatalogGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Catalog {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for CatalogGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut guard) = self.guard.take() {
+            let changed = guard.take_exports_changed();
+            drop(guard);
+            if changed {
+                self.listeners.notify();
+            }
+        }
+    }
 }
 
 /// How a garbage collection ended.
@@ -248,11 +287,20 @@ impl Store {
                 catalog: Mutex::new(catalog),
                 volumes: RwLock::new(volumes),
                 layers: RwLock::new(layers),
+                export_listeners: exports::Listeners::default(),
                 _lock: lock,
             }),
         };
         store.collect_garbage()?;
         Ok(store)
+    }
+
+    /// Locks the catalog; see [`CatalogGuard`].
+    fn catalog(&self) -> CatalogGuard<'_> {
+        CatalogGuard {
+            guard: Some(self.inner.catalog.lock()),
+            listeners: &self.inner.export_listeners,
+        }
     }
 
     /// Flushes every volume; call before a clean shutdown.
@@ -273,7 +321,7 @@ impl Store {
             input: size.to_string(),
             reason,
         })?;
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         if cat.state.volume_by_name(name).is_some() {
             return Err(StoreError::exists("volume", name));
         }
@@ -313,7 +361,7 @@ impl Store {
             input: size.to_string(),
             reason,
         })?;
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let mut rec = cat
             .state
             .volume_by_name(name)
@@ -336,11 +384,12 @@ impl Store {
         Ok(self.volume_info(&cat.state, &rec))
     }
 
-    /// Deletes a volume. Refused while it is in a group or has snapshots of its
-    /// own; snapshots of a group it was in keep their copy.
+    /// Deletes a volume and, in the same transaction, its exports. Refused
+    /// while it is in a group or has snapshots of its own; snapshots of a
+    /// group it was in keep their copy.
     pub fn delete_volume(&self, name: &str) -> Result<()> {
         {
-            let mut cat = self.inner.catalog.lock();
+            let mut cat = self.catalog();
             let rec = cat
                 .state
                 .volume_by_name(name)
@@ -366,7 +415,9 @@ impl Store {
             }
             let vol = self.vol(rec.id)?;
             let mut st = vol.state.write();
-            cat.commit(vec![Change::DelVolume(rec.id)])?;
+            let mut changes = cat.state.exports_of(|s| *s == ExportSource::Volume(rec.id));
+            changes.push(Change::DelVolume(rec.id));
+            cat.commit(changes)?;
             st.deleted = true;
             drop(st);
             self.inner.volumes.write().remove(&rec.id);
@@ -376,7 +427,7 @@ impl Store {
 
     /// Every volume, by name.
     pub fn list_volumes(&self) -> Vec<VolumeInfo> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         let mut out: Vec<_> = cat
             .state
             .volumes
@@ -389,14 +440,16 @@ impl Store {
 
     /// A handle for I/O on a volume.
     pub fn volume(&self, name: &str) -> Result<VolumeHandle> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         let rec = cat
             .state
             .volume_by_name(name)
             .ok_or_else(|| StoreError::not_found("volume", name))?;
-        Ok(VolumeHandle {
-            vol: self.vol(rec.id)?,
-        })
+        self.volume_handle(rec.id)
+    }
+
+    fn volume_handle(&self, id: VolumeId) -> Result<VolumeHandle> {
+        Ok(VolumeHandle { vol: self.vol(id)? })
     }
 
     fn volume_info(&self, state: &crate::catalog::CatalogState, r: &VolumeRec) -> VolumeInfo {
@@ -419,7 +472,7 @@ impl Store {
     /// Creates a group of volumes as named slots.
     pub fn create_group(&self, name: &str, slots: &[(&str, &str)]) -> Result<GroupInfo> {
         validate_name("group", name)?;
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         if cat.state.group_by_name(name).is_some() {
             return Err(StoreError::exists("group", name));
         }
@@ -466,7 +519,7 @@ impl Store {
     /// Puts a volume (not in any group) into a slot of a group.
     pub fn set_slot(&self, group: &str, slot: &str, volume: &str) -> Result<GroupInfo> {
         validate_name("slot", slot)?;
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let mut rec = self.group_rec(&cat.state, group)?;
         if rec.slots.contains_key(slot) {
             return Err(StoreError::exists("slot", slot));
@@ -479,7 +532,7 @@ impl Store {
 
     /// Takes a slot out of a group; its volume stays, outside any group.
     pub fn remove_slot(&self, group: &str, slot: &str) -> Result<GroupInfo> {
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let mut rec = self.group_rec(&cat.state, group)?;
         if rec.slots.remove(slot).is_none() {
             return Err(StoreError::not_found("slot", slot));
@@ -493,7 +546,7 @@ impl Store {
         for (k, v) in &tags {
             validate_tag(k, v)?;
         }
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let mut rec = self.group_rec(&cat.state, group)?;
         rec.tags = tags;
         cat.commit(vec![Change::PutGroup(rec.clone())])?;
@@ -502,7 +555,7 @@ impl Store {
 
     /// Deletes a group; its volumes stay. Refused while it has snapshots.
     pub fn delete_group(&self, name: &str) -> Result<()> {
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let rec = self.group_rec(&cat.state, name)?;
         let snaps = cat.state.snapshots_of(OwnerId::Group(rec.id)).count();
         if snaps > 0 {
@@ -516,7 +569,7 @@ impl Store {
     }
 
     pub fn list_groups(&self) -> Vec<GroupInfo> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         let mut out: Vec<_> = cat
             .state
             .groups
@@ -528,7 +581,7 @@ impl Store {
     }
 
     pub fn group(&self, name: &str) -> Result<GroupInfo> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         Ok(group_info(&cat.state, &self.group_rec(&cat.state, name)?))
     }
 
@@ -575,7 +628,7 @@ impl Store {
         kind: SnapshotKind,
     ) -> Result<SnapshotInfo> {
         validate_name("snapshot", name)?;
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let owner = self.owner(&cat.state, target)?;
         if cat.state.snapshot_by_name(owner, name).is_some() {
             return Err(StoreError::exists(
@@ -690,7 +743,7 @@ impl Store {
     }
 
     pub fn list_snapshots(&self, target: Target<'_>) -> Result<Vec<SnapshotInfo>> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         let owner = self.owner(&cat.state, target)?;
         let mut out: Vec<_> = cat
             .state
@@ -702,7 +755,7 @@ impl Store {
     }
 
     pub fn snapshot(&self, target: Target<'_>, name: &str) -> Result<SnapshotInfo> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         let rec = self.snapshot_rec(&cat.state, target, name)?;
         Ok(snapshot_info(&cat.state, &rec))
     }
@@ -729,20 +782,25 @@ impl Store {
     }
 
     /// The first, atomic half of [`Store::delete_snapshot`]: removes the
-    /// snapshot from the catalog in one transaction and returns what it was.
+    /// snapshot and its exports from the catalog in one transaction and
+    /// returns what it was.
     /// Once this returns the snapshot is gone for every reader; its space is
     /// given back by the next [`Store::collect_garbage_with`] (or open).
     pub fn delete_snapshot_record(&self, target: Target<'_>, name: &str) -> Result<SnapshotInfo> {
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let rec = self.snapshot_rec(&cat.state, target, name)?;
         let info = snapshot_info(&cat.state, &rec);
-        cat.commit(vec![Change::DelSnapshot(rec.id)])?;
+        let mut changes = cat
+            .state
+            .exports_of(|s| matches!(s, ExportSource::Snapshot { id, .. } if *id == rec.id));
+        changes.push(Change::DelSnapshot(rec.id));
+        cat.commit(changes)?;
         Ok(info)
     }
 
     /// Whether a snapshot with this id still exists.
     pub fn snapshot_exists(&self, id: SnapshotId) -> bool {
-        self.inner.catalog.lock().state.snapshots.contains_key(&id)
+        self.catalog().state.snapshots.contains_key(&id)
     }
 
     /// Reads one volume of a snapshot.
@@ -752,11 +810,19 @@ impl Store {
         name: &str,
         slot: Option<&str>,
     ) -> Result<SnapshotReader> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         let rec = self.snapshot_rec(&cat.state, target, name)?;
         let member = pick_member(&rec, target, slot)?;
+        self.snapshot_reader(&cat.state, member)
+    }
+
+    fn snapshot_reader(
+        &self,
+        state: &crate::catalog::CatalogState,
+        member: &MemberRec,
+    ) -> Result<SnapshotReader> {
         Ok(SnapshotReader::new(
-            self.chain(&cat.state, member.layer)?,
+            self.chain(state, member.layer)?,
             member.size,
         ))
     }
@@ -767,7 +833,7 @@ impl Store {
     /// `NEWGROUP-SLOT`. Costs the same for any volume size.
     pub fn clone_group(&self, group: &str, snapshot: &str, new_group: &str) -> Result<GroupInfo> {
         validate_name("group", new_group)?;
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let rec = self.snapshot_rec(&cat.state, Target::Group(group), snapshot)?;
         if cat.state.group_by_name(new_group).is_some() {
             return Err(StoreError::exists("group", new_group));
@@ -828,7 +894,7 @@ impl Store {
         new_volume: &str,
     ) -> Result<VolumeInfo> {
         validate_name("volume", new_volume)?;
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let rec = self.snapshot_rec(&cat.state, target, snapshot)?;
         let m = pick_member(&rec, target, slot)?.clone();
         if cat.state.volume_by_name(new_volume).is_some() {
@@ -887,7 +953,7 @@ impl Store {
         target: &str,
         slots: &[&str],
     ) -> Result<()> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         self.plan_sync(&cat.state, source_group, snapshot, target, slots)
             .map(|_| ())
     }
@@ -936,7 +1002,7 @@ impl Store {
         target: &str,
         slots: &[&str],
     ) -> Result<SyncReport> {
-        let mut cat = self.inner.catalog.lock();
+        let mut cat = self.catalog();
         let (trec, rebase) = self.plan_sync(&cat.state, source_group, snapshot, target, slots)?;
         let base = format!("undo-sync-{}", now() / 1_000_000_000);
         let mut undo = base.clone();
@@ -976,7 +1042,7 @@ impl Store {
         from: &str,
         to: DiffEnd<'_>,
     ) -> Result<BTreeMap<String, RoaringBitmap>> {
-        let cat = self.inner.catalog.lock();
+        let cat = self.catalog();
         let old = self.snapshot_rec(&cat.state, target, from)?;
         let new_tops: BTreeMap<String, LayerId> = match to {
             DiffEnd::Snapshot(name) => self
@@ -1124,7 +1190,7 @@ impl Store {
         let _gc = self.inner.gc.lock();
         loop {
             let step = {
-                let cat = self.inner.catalog.lock();
+                let cat = self.catalog();
                 let left = self.gc_estimate(&cat.state)?;
                 progress.set_total(progress.done() + left);
                 plan_gc(&cat.state)
@@ -1233,7 +1299,7 @@ impl Store {
         }
         dst.persist().map_err(io_err("merging into", into))?;
         {
-            let mut cat = self.inner.catalog.lock();
+            let mut cat = self.catalog();
             let parent = cat.state.layers.get(&from).and_then(|l| l.parent);
             let still = cat
                 .state

@@ -17,7 +17,7 @@ pub const BLOCK: usize = BLOCK_SIZE as usize;
 /// block index fits in a `u32`, and a layer file fits ext4's largest file
 /// (whose last 4 KiB block is out of reach: exactly 16 TiB fails with EFBIG).
 pub const MAX_VOLUME_SIZE: u64 = ((1 << 32) - 1) * BLOCK_SIZE;
-/// Longest name of a volume, group, snapshot or slot.
+/// Longest name of a volume, group, snapshot, slot or export.
 pub const MAX_NAME_LEN: usize = 63;
 
 macro_rules! id_type {
@@ -56,6 +56,11 @@ id_type!(
     SnapshotId,
     "snap-"
 );
+id_type!(
+    /// An NBD export: a name bound to a volume or to one volume of a snapshot.
+    ExportId,
+    "export-"
+);
 
 /// Whether a snapshot was taken with the application's help.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -78,7 +83,7 @@ impl fmt::Display for SnapshotKind {
     }
 }
 
-/// Checks a name of a volume, group, snapshot, slot or tag key against
+/// Checks a name of a volume, group, snapshot, slot, export or tag key against
 /// `[a-z0-9][a-z0-9._-]{0,62}`.
 pub fn validate_name(kind: &'static str, name: &str) -> Result<(), StoreError> {
     let reason = if name.is_empty() {

@@ -3,6 +3,7 @@
 //! OpenAPI document, [`crate::openapi`]), side by side.
 
 mod admin;
+mod exports;
 mod groups;
 mod jobs;
 mod snapshots;
@@ -329,6 +330,45 @@ pub fn table() -> Vec<RouteInfo> {
         .plan(snapshots::plan_sync)
         .body::<snapshots::SyncRequest>()
         .reply::<crate::jobs::Job>(S::ACCEPTED),
+        route(
+            M::GET,
+            "/v1/exports",
+            "export.list",
+            P::ExportRead,
+            "List NBD exports",
+            exports::list,
+        )
+        .list::<ferry_store::ExportInfo>(),
+        route(
+            M::POST,
+            "/v1/exports",
+            "export.create",
+            P::ExportWrite,
+            "Export a volume (read-write) or a snapshot's volume (read-only) over NBD",
+            exports::create,
+        )
+        .plan(exports::plan_create)
+        .body::<exports::CreateExport>()
+        .reply::<ferry_store::ExportInfo>(S::CREATED),
+        route(
+            M::GET,
+            "/v1/exports/{name}",
+            "export.get",
+            P::ExportRead,
+            "Show an NBD export",
+            exports::get,
+        )
+        .reply::<ferry_store::ExportInfo>(S::OK),
+        route(
+            M::DELETE,
+            "/v1/exports/{name}",
+            "export.delete",
+            P::ExportWrite,
+            "Remove an NBD export; its volume or snapshot stays",
+            exports::delete,
+        )
+        .plan(exports::plan_delete)
+        .no_content(),
         route(
             M::GET,
             "/v1/jobs",
