@@ -17,6 +17,7 @@
 //! it holds (see `ferry_api::jobs`). End-to-end tests use it to catch a job
 //! in the middle; it is not meant for anything else.
 
+mod nbd;
 mod serve;
 mod tls;
 
@@ -40,9 +41,17 @@ struct Args {
     /// Address of the HTTP API (default 127.0.0.1:7410)
     #[arg(long, value_name = "ADDR")]
     api: Option<SocketAddr>,
-    /// Address for NBD clients (default 127.0.0.1:10809; served once NBD lands)
+    /// Address for NBD clients (default 127.0.0.1:10809)
     #[arg(long, value_name = "ADDR")]
     nbd: Option<SocketAddr>,
+    /// Also serve NBD on this Unix socket
+    #[arg(long, value_name = "PATH")]
+    nbd_unix: Option<PathBuf>,
+    /// NBD over TLS with the site certificate: off, allow (clients that ask
+    /// upgrade with STARTTLS; the default) or require (clients that do not
+    /// upgrade are refused)
+    #[arg(long, value_name = "MODE", value_parser = parse_nbd_tls)]
+    nbd_tls: Option<ferry_nbd::TlsMode>,
     /// Serve HTTPS on a loopback API address too (any other address always serves HTTPS)
     #[arg(long)]
     tls: bool,
@@ -50,7 +59,7 @@ struct Args {
     /// localhost, 127.0.0.1, ::1 and the hostname are always in it
     #[arg(long = "tls-name", value_name = "NAME")]
     tls_names: Vec<String>,
-    /// TOML file with any of the keys data, api, nbd, tls, tls_names
+    /// TOML file with any of the keys data, api, nbd, nbd_unix, nbd_tls, tls, tls_names
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -61,8 +70,26 @@ struct Config {
     data: Option<PathBuf>,
     api: Option<SocketAddr>,
     nbd: Option<SocketAddr>,
+    nbd_unix: Option<PathBuf>,
+    nbd_tls: Option<String>,
     tls: Option<bool>,
     tls_names: Option<Vec<String>>,
+}
+
+fn parse_nbd_tls(s: &str) -> Result<ferry_nbd::TlsMode, String> {
+    match s {
+        "off" => Ok(ferry_nbd::TlsMode::Off),
+        "allow" => Ok(ferry_nbd::TlsMode::Allow),
+        "require" => Ok(ferry_nbd::TlsMode::Require),
+        _ => Err(format!("{s:?} is not an NBD TLS mode: use off, allow or require")),
+    }
+}
+
+/// Where and how NBD is served.
+struct NbdOptions {
+    addr: SocketAddr,
+    unix: Option<PathBuf>,
+    tls: ferry_nbd::TlsMode,
 }
 
 fn main() -> Result<()> {
@@ -89,10 +116,20 @@ fn main() -> Result<()> {
         .api
         .or(config.api)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7410)));
-    let _nbd = args
-        .nbd
-        .or(config.nbd)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10809)));
+    let nbd = NbdOptions {
+        addr: args
+            .nbd
+            .or(config.nbd)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 10809))),
+        unix: args.nbd_unix.or(config.nbd_unix),
+        tls: match (args.nbd_tls, config.nbd_tls) {
+            (Some(m), _) => m,
+            (None, Some(s)) => parse_nbd_tls(&s)
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("config key nbd_tls")?,
+            (None, None) => ferry_nbd::TlsMode::Allow,
+        },
+    };
     // Plain HTTP never leaves the machine: only a loopback address may skip TLS.
     let https = args.tls || config.tls.unwrap_or(false) || !api.ip().is_loopback();
     // The flag's names replace the config file's, like every other flag.
@@ -106,7 +143,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(run(data, api, https, tls_names))
+        .block_on(run(data, api, https, tls_names, nbd))
 }
 
 /// Makes or checks the TLS material and says what clients need to trust.
@@ -147,7 +184,13 @@ fn tls_identity(data: &Path, names: &[String], https: bool) -> Result<Option<tls
     Ok(Some(id))
 }
 
-async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>) -> Result<()> {
+async fn run(
+    data: PathBuf,
+    api: SocketAddr,
+    https: bool,
+    tls_names: Vec<String>,
+    nbd: NbdOptions,
+) -> Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let store = ferry_store::Store::open(&data)
         .with_context(|| format!("opening the store in {}", data.display()))?;
@@ -179,6 +222,26 @@ async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>
     }
     let state = ferry_api::AppState::with_jobs(store.clone(), auth, audit, jobs.clone());
     let identity = tls_identity(&data, &tls_names, https)?;
+    let nbd_tls = match (&identity, nbd.tls) {
+        (_, ferry_nbd::TlsMode::Off) => None,
+        (Some(id), _) => {
+            // the API's certificate, without its HTTP protocol negotiation
+            let mut config = (*id.config).clone();
+            config.alpn_protocols.clear();
+            Some(std::sync::Arc::new(config))
+        }
+        (None, ferry_nbd::TlsMode::Require) => {
+            anyhow::bail!("NBD TLS is required (--nbd-tls require) but the site certificate is not usable")
+        }
+        (None, _) => None,
+    };
+    let nbd_config = ferry_nbd::ServerConfig {
+        tls_mode: if nbd_tls.is_some() { nbd.tls } else { ferry_nbd::TlsMode::Off },
+        tls: nbd_tls,
+        ..Default::default()
+    };
+    let nbd_mode = nbd_config.tls_mode;
+    let (nbd_server, nbd_addr) = nbd::start(&store, nbd.addr, nbd.unix.as_deref(), nbd_config)?;
     let transport = match identity {
         Some(id) if https => serve::Transport::Tls(tokio_rustls::TlsAcceptor::from(id.config)),
         _ => serve::Transport::Plain,
@@ -195,9 +258,28 @@ async fn run(data: PathBuf, api: SocketAddr, https: bool, tls_names: Vec<String>
         if https { "https" } else { "http" },
         listener.local_addr()?
     );
+    println!(
+        "ferryd: NBD listening on nbd://{nbd_addr}{} (TLS {})",
+        nbd.unix
+            .as_ref()
+            .map(|p| format!(" and nbd+unix:///?socket={}", p.display()))
+            .unwrap_or_default(),
+        match nbd_mode {
+            ferry_nbd::TlsMode::Off => "off",
+            ferry_nbd::TlsMode::Allow => "allowed",
+            ferry_nbd::TlsMode::Require => "required",
+        }
+    );
+    if !nbd_addr.ip().is_loopback() && nbd_mode != ferry_nbd::TlsMode::Require {
+        tracing::warn!("NBD on {nbd_addr} accepts clients without TLS; --nbd-tls require refuses them");
+    }
     serve::serve(listener, ferry_api::router(state), transport, stop)
         .await
         .context("serving the API")?;
+    // NBD clients get their requests in flight answered, then are disconnected.
+    tokio::task::spawn_blocking(move || nbd_server.stop())
+        .await
+        .context("stopping NBD")?;
     let left = tokio::task::spawn_blocking(move || jobs.wait_idle(JOB_STOP_PATIENCE))
         .await
         .context("waiting for jobs")?;
