@@ -7,6 +7,7 @@
 
 mod client;
 mod context;
+mod export;
 mod job;
 mod ops;
 mod output;
@@ -85,6 +86,9 @@ enum Command {
     Sync(SyncArgs),
     /// Space used per volume
     Space,
+    /// NBD export names of volumes (read-write) and snapshots (read-only)
+    #[command(subcommand)]
+    Export(export::ExportCmd),
     /// Long operations (a deleted snapshot's space, sync): list, show, cancel
     #[command(subcommand)]
     Job(JobCmd),
@@ -749,6 +753,7 @@ async fn run(cli: Cli) -> Result<i32> {
                 }
             }
         },
+        Command::Export(cmd) => export::run(&client, out, cmd).await?,
         Command::Space => print_list(
             out,
             &client.get("/v1/space").await?,

@@ -958,3 +958,220 @@ fn dry_runs_check_and_change_nothing() {
         .count();
     assert_eq!(dry, 17);
 }
+
+/// Exports: add, list, show, remove; every refusal by name; dry runs;
+/// scoping; a restart keeps them; deleting the volume or the snapshot
+/// removes them.
+#[test]
+fn exports_are_kept_checked_and_follow_their_objects() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let mut d = Daemon::start(&data);
+    let run = |d: &Daemon, args: &str| {
+        let args: Vec<&str> = args.split_whitespace().collect();
+        d.ferry(&args)
+    };
+    run(&d, "volume create web-data --size 1G").ok();
+    run(&d, "volume create web-log --size 64M").ok();
+    run(&d, "volume create spare --size 4096").ok();
+    run(
+        &d,
+        "group create web --slot data=web-data --slot log=web-log --tag team=web",
+    )
+    .ok();
+    run(&d, "snapshot create web --name monday").ok();
+
+    run(&d, "export add live --volume spare")
+        .ok()
+        .says("live")
+        .says("read_only  false");
+    run(&d, "export add mon-data --snapshot web@monday --slot data")
+        .ok()
+        .says("read_only  true");
+    let e = d.json(&["export", "add", "web-log", "--volume", "web-log"]);
+    assert_eq!(e["kind"], "volume");
+    assert_eq!(e["size"], 64 << 20);
+    let list = d.json(&["export", "list"]);
+    assert_eq!(names(&list), ["live", "mon-data", "web-log"]);
+    let mon = &list[1];
+    assert_eq!(mon["kind"], "snapshot");
+    assert_eq!(mon["read_only"], true);
+    assert_eq!(mon["group"], "web");
+    assert_eq!(mon["snapshot"], "monday");
+    assert_eq!(mon["slot"], "data");
+    assert_eq!(mon["volume"], "web-data");
+    assert_eq!(mon["size"], 1 << 30);
+    let table = run(&d, "export list").ok().says("READ_ONLY");
+    assert!(
+        table
+            .stdout
+            .lines()
+            .any(|l| l.contains("mon-data") && l.contains("1G") && l.contains("monday")),
+        "{}",
+        table.stdout
+    );
+    run(&d, "export show mon-data")
+        .ok()
+        .says("slot       data")
+        .says("created");
+    assert_eq!(d.json(&["export", "show", "mon-data"]), *mon);
+
+    // every refusal names what is wrong and changes nothing
+    let before = d.json(&["export", "list"]);
+    for (args, code, needle) in [
+        ("export add a/b --volume spare", 1, "invalid export name"),
+        ("export add Big --volume spare", 1, "invalid export name"),
+        (
+            "export add x --volume nope",
+            3,
+            "volume \"nope\" does not exist",
+        ),
+        (
+            "export add x --volume spare --snapshot web@monday",
+            2,
+            "cannot be used with",
+        ),
+        ("export add x", 2, "required"),
+        (
+            "export add x --volume spare --slot data",
+            1,
+            "slot goes with snapshot",
+        ),
+        (
+            "export add x --snapshot web@monday",
+            1,
+            "name one of its slots (data, log)",
+        ),
+        (
+            "export add x --snapshot web@monday --slot nope",
+            3,
+            "slot \"nope in snapshot web@monday\"",
+        ),
+        (
+            "export add x --snapshot web@nope --slot data",
+            3,
+            "snapshot \"web@nope\"",
+        ),
+        (
+            "export add x --snapshot nope@monday --slot data",
+            3,
+            "no group or volume \"nope\"",
+        ),
+        (
+            "export add x --snapshot web --slot data",
+            1,
+            "GROUP@SNAPSHOT",
+        ),
+        ("export add live --volume web-data", 4, "already exists"),
+        ("export show nope", 3, "export \"nope\""),
+        ("export remove nope", 3, "export \"nope\""),
+        (
+            "export add x --volume spare --dry-run --snapshot web@monday",
+            2,
+            "cannot be used with",
+        ),
+        ("export add x --snapshot web@monday --dry-run", 1, "slots"),
+    ] {
+        let out = run(&d, args).code(code);
+        assert!(
+            out.stderr.contains(needle),
+            "`ferry {args}` did not say {needle:?}: {}",
+            out.stderr
+        );
+    }
+    // a raw body with both, or neither, names the field
+    let both = d.http(
+        "POST",
+        "/v1/exports",
+        Some(&d.admin),
+        br#"{"name":"x","volume":"spare","snapshot":"web@monday"}"#,
+    );
+    assert_eq!(both.status, 400);
+    assert_eq!(both.json()["error"]["field"], "snapshot");
+    let neither = d.http("POST", "/v1/exports", Some(&d.admin), br#"{"name":"x"}"#);
+    assert_eq!(neither.status, 400);
+    assert_eq!(neither.json()["error"]["field"], "volume");
+
+    // dry runs say what would happen and change nothing
+    run(&d, "export add dry --volume spare --dry-run")
+        .ok()
+        .says("dry run")
+        .says("export volume spare (4096 bytes), read-write as NBD export dry");
+    run(
+        &d,
+        "export add dry --snapshot web@monday --slot log --dry-run",
+    )
+    .ok()
+    .says("export slot log of snapshot web@monday, read-only as NBD export dry");
+    run(&d, "export remove mon-data --dry-run")
+        .ok()
+        .says("remove NBD export mon-data of slot data of snapshot web@monday");
+    assert_eq!(
+        d.json(&["export", "list"]),
+        before,
+        "refusals and dry runs changed nothing"
+    );
+
+    // a scoped user sees the exports of its groups only, and changes none
+    run(&d, "user create alice --role user --grant team=web").ok();
+    let alice = d.json(&["token", "create", "alice"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seen = d
+        .ferry_as(&alice, &["-o", "json", "export", "list"])
+        .ok()
+        .json();
+    assert_eq!(
+        names(&seen),
+        ["mon-data", "web-log"],
+        "not the lone volume's"
+    );
+    d.ferry_as(&alice, &["export", "show", "mon-data"]).ok();
+    d.ferry_as(&alice, &["export", "show", "live"]).code(3);
+    d.ferry_as(&alice, &["export", "add", "mine", "--volume", "web-data"])
+        .code(5);
+    d.ferry_as(&alice, &["export", "remove", "mon-data"])
+        .code(5);
+    run(&d, "group tag web team=db").ok();
+    let seen = d
+        .ferry_as(&alice, &["-o", "json", "export", "list"])
+        .ok()
+        .json();
+    assert!(
+        names(&seen).is_empty(),
+        "the grant no longer matches: {seen}"
+    );
+
+    // a restart keeps them
+    let before = d.json(&["export", "list"]);
+    let (status, _) = d.terminate();
+    assert_eq!(status.code(), Some(0));
+    drop(d);
+    let d = Daemon::start(&data);
+    assert_eq!(d.json(&["export", "list"]), before);
+
+    // removal, and the cascades
+    run(&d, "export remove web-log")
+        .ok()
+        .says("removed export web-log");
+    run(&d, "volume delete spare").ok();
+    assert_eq!(names(&d.json(&["export", "list"])), ["mon-data"]);
+    run(&d, "export show live").code(3);
+    run(&d, "snapshot delete web@monday").ok();
+    assert!(names(&d.json(&["export", "list"])).is_empty());
+    // the volumes and group are untouched by the export removals
+    assert_eq!(names(&d.json(&["volume", "list"])), ["web-data", "web-log"]);
+    let audit = d.json(&["audit", "list"]);
+    for action in ["export.create", "export.delete"] {
+        assert!(
+            audit
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["action"] == action),
+            "audit lists {action}"
+        );
+    }
+    run(&d, "audit verify").ok().says("chain intact");
+}
