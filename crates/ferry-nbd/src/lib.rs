@@ -12,6 +12,8 @@
 //! wire to size an allocation beyond the protocol's limits; each has a
 //! cargo-fuzz target in `fuzz/`.
 
+#[cfg(feature = "server")]
+pub mod client;
 pub mod command;
 #[cfg(feature = "server")]
 pub mod disk;

@@ -81,7 +81,9 @@ fn parse_nbd_tls(s: &str) -> Result<ferry_nbd::TlsMode, String> {
         "off" => Ok(ferry_nbd::TlsMode::Off),
         "allow" => Ok(ferry_nbd::TlsMode::Allow),
         "require" => Ok(ferry_nbd::TlsMode::Require),
-        _ => Err(format!("{s:?} is not an NBD TLS mode: use off, allow or require")),
+        _ => Err(format!(
+            "{s:?} is not an NBD TLS mode: use off, allow or require"
+        )),
     }
 }
 
@@ -231,12 +233,18 @@ async fn run(
             Some(std::sync::Arc::new(config))
         }
         (None, ferry_nbd::TlsMode::Require) => {
-            anyhow::bail!("NBD TLS is required (--nbd-tls require) but the site certificate is not usable")
+            anyhow::bail!(
+                "NBD TLS is required (--nbd-tls require) but the site certificate is not usable"
+            )
         }
         (None, _) => None,
     };
     let nbd_config = ferry_nbd::ServerConfig {
-        tls_mode: if nbd_tls.is_some() { nbd.tls } else { ferry_nbd::TlsMode::Off },
+        tls_mode: if nbd_tls.is_some() {
+            nbd.tls
+        } else {
+            ferry_nbd::TlsMode::Off
+        },
         tls: nbd_tls,
         ..Default::default()
     };
@@ -252,12 +260,6 @@ async fn run(
     // before saying where we listen: a SIGTERM right after that must stop
     // ferryd cleanly, not kill it
     let stop = shutdown(jobs.clone())?;
-    println!("ferryd: store in {}", data.display());
-    println!(
-        "ferryd: API listening on {}://{}",
-        if https { "https" } else { "http" },
-        listener.local_addr()?
-    );
     println!(
         "ferryd: NBD listening on nbd://{nbd_addr}{} (TLS {})",
         nbd.unix
@@ -271,8 +273,16 @@ async fn run(
         }
     );
     if !nbd_addr.ip().is_loopback() && nbd_mode != ferry_nbd::TlsMode::Require {
-        tracing::warn!("NBD on {nbd_addr} accepts clients without TLS; --nbd-tls require refuses them");
+        tracing::warn!(
+            "NBD on {nbd_addr} accepts clients without TLS; --nbd-tls require refuses them"
+        );
     }
+    println!("ferryd: store in {}", data.display());
+    println!(
+        "ferryd: API listening on {}://{}",
+        if https { "https" } else { "http" },
+        listener.local_addr()?
+    );
     serve::serve(listener, ferry_api::router(state), transport, stop)
         .await
         .context("serving the API")?;

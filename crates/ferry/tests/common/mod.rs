@@ -41,6 +41,8 @@ pub struct Daemon {
     pub url: String,
     /// `127.0.0.1:PORT`
     pub addr: String,
+    /// Where NBD clients connect: `HOST:PORT`.
+    pub nbd: String,
     pub data: PathBuf,
     /// The admin token from `DATA/admin.token`.
     pub admin: String,
@@ -78,6 +80,9 @@ impl Daemon {
         if !args.contains(&"--api") {
             command.arg("--api").arg("127.0.0.1:0");
         }
+        if !args.contains(&"--nbd") {
+            command.arg("--nbd").arg("127.0.0.1:0");
+        }
         let mut child = command
             .arg("--data")
             .arg(data)
@@ -105,6 +110,7 @@ impl Daemon {
             lines,
             url: String::new(),
             addr: String::new(),
+            nbd: String::new(),
             data: data.to_path_buf(),
             admin: String::new(),
             startup: Vec::new(),
@@ -124,6 +130,13 @@ impl Daemon {
                 ),
             };
             d.startup.push(line.clone());
+            if let Some(rest) = line.strip_prefix("ferryd: NBD listening on nbd://") {
+                d.nbd = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
             if let Some(url) = line.strip_prefix("ferryd: API listening on ") {
                 d.url = url.trim().to_owned();
                 d.addr = d
