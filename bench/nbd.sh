@@ -91,7 +91,8 @@ fio_run() {
     c1="$(cpu_s "$pid")"
     python3 -c '
 import json, sys
-j = json.loads(sys.argv[1])["jobs"][0]
+text = sys.argv[1]
+j = json.loads(text[text.index("{"):])["jobs"][0]
 ops = j["read"]["total_ios"] + j["write"]["total_ios"]
 iops = j["read"]["iops"] + j["write"]["iops"]
 mib = (j["read"]["bw_bytes"] + j["write"]["bw_bytes"]) / 1048576

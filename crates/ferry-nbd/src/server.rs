@@ -66,7 +66,7 @@ impl Default for ServerConfig {
         ServerConfig {
             tls_mode: TlsMode::Off,
             tls: None,
-            workers: 8,
+            workers: 4,
         }
     }
 }
@@ -123,6 +123,19 @@ impl Write for &Stream {
         Ok(())
     }
 }
+
+/// A [`Stream`] owned, for a `BufReader`.
+#[derive(Debug)]
+struct OwnedStream(Stream);
+
+impl Read for OwnedStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&self.0).read(buf)
+    }
+}
+
+/// How much a connection's reader takes from the socket at once.
+const READ_BUFFER: usize = 256 << 10;
 
 /// A live connection, as the server's registry sees it.
 struct ConnEntry {
@@ -385,8 +398,11 @@ impl Server {
         }
         tracing::debug!(conn = id, export = %agreement.export.name, "NBD transmission");
         let conn = Connection {
-            reader: Mutex::new(stream.try_clone()?),
-            writer: Mutex::new(stream.try_clone()?),
+            reader: Mutex::new(io::BufReader::with_capacity(
+                READ_BUFFER,
+                OwnedStream(stream.try_clone()?),
+            )),
+            writer: Replies::new(stream.try_clone()?),
             stream,
             agreement,
             disk,
@@ -444,8 +460,10 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
 
 /// One connection in transmission, shared by its workers.
 struct Connection {
-    reader: Mutex<Stream>,
-    writer: Mutex<Stream>,
+    /// Buffered: one receive can bring many pipelined requests, which the
+    /// next workers then take without a system call.
+    reader: Mutex<io::BufReader<OwnedStream>>,
+    writer: Replies,
     stream: Stream,
     agreement: Agreement,
     disk: Disk,
@@ -491,12 +509,12 @@ impl Connection {
 
     /// Reads the next request and, for a write, its payload into `buf`.
     fn read_request(&self, buf: &mut Vec<u8>) -> io::Result<Next> {
-        let reader = self.reader.lock();
+        let mut reader = self.reader.lock();
         if self.closing.load(Ordering::SeqCst) {
             return Ok(Next::Stop);
         }
         let mut header = [0u8; REQUEST_LEN];
-        (&*reader).read_exact(&mut header)?;
+        reader.read_exact(&mut header)?;
         let req =
             decode_request(&header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let checked = check(&req, &self.agreement);
@@ -504,12 +522,14 @@ impl Connection {
             match checked {
                 Ok(_) => {
                     buf.resize(req.len as usize, 0);
-                    (&*reader).read_exact(buf)?;
+                    reader.read_exact(buf)?;
                 }
                 Err(_) => {
                     // Refused, but its payload is on the wire: skip it.
-                    let skipped =
-                        io::copy(&mut (&*reader).take(u64::from(req.len)), &mut io::sink())?;
+                    let skipped = io::copy(
+                        &mut (&mut *reader).take(u64::from(req.len)),
+                        &mut io::sink(),
+                    )?;
                     if skipped < u64::from(req.len) {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
@@ -569,8 +589,7 @@ impl Connection {
     }
 
     fn send(&self, parts: &[&[u8]]) -> io::Result<()> {
-        let writer = self.writer.lock();
-        write_all_parts(&mut &*writer, parts)
+        self.writer.send(parts)
     }
 
     fn reply_ok(&self, cookie: u64) -> io::Result<()> {
@@ -679,6 +698,107 @@ impl Connection {
     }
 }
 
+/// Replies up to this size are copied into the shared batch; larger ones
+/// (big reads) wait for their turn and go out from the worker's buffer.
+const BATCH_REPLY: usize = 64 << 10;
+
+/// The socket's write side, shared by a connection's workers, combining
+/// replies: a worker appends its reply to the pending batch and, unless
+/// another worker is already writing, becomes the writer and sends batches
+/// until none is pending. Under load many replies leave in one system call.
+struct Replies {
+    state: Mutex<Batch>,
+    /// Signalled when the writer role is given up.
+    idle: Condvar,
+    sock: Stream,
+}
+
+#[derive(Default)]
+struct Batch {
+    pending: Vec<u8>,
+    /// The other buffer, swapped in while `pending` is being written.
+    spare: Vec<u8>,
+    writing: bool,
+    /// A write failed: the connection is finished.
+    broken: bool,
+}
+
+impl Replies {
+    fn new(sock: Stream) -> Replies {
+        Replies {
+            state: Mutex::new(Batch::default()),
+            idle: Condvar::new(),
+            sock,
+        }
+    }
+
+    fn send(&self, parts: &[&[u8]]) -> io::Result<()> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut st = self.state.lock();
+        if total <= BATCH_REPLY {
+            for p in parts {
+                st.pending.extend_from_slice(p);
+            }
+            if st.writing {
+                return if st.broken { Err(broken()) } else { Ok(()) };
+            }
+            st.writing = true;
+            return self.write_batches(st, None);
+        }
+        while st.writing {
+            self.idle.wait(&mut st);
+        }
+        st.writing = true;
+        self.write_batches(st, Some(parts))
+    }
+
+    /// As the writer: sends what is pending (then `own`, a large reply),
+    /// until nothing is; then gives up the role.
+    fn write_batches<'a>(
+        &'a self,
+        mut st: parking_lot::MutexGuard<'a, Batch>,
+        mut own: Option<&[&[u8]]>,
+    ) -> io::Result<()> {
+        let mut result = Ok(());
+        loop {
+            if st.broken {
+                result = Err(broken());
+                break;
+            }
+            if st.pending.is_empty() && own.is_none() {
+                break;
+            }
+            let spare = std::mem::take(&mut st.spare);
+            let mut batch = std::mem::replace(&mut st.pending, spare);
+            drop(st);
+            let mut sent = write_all_parts(&mut &self.sock, &[&batch]);
+            if sent.is_ok()
+                && let Some(parts) = own.take()
+            {
+                sent = write_all_parts(&mut &self.sock, parts);
+            }
+            batch.clear();
+            st = self.state.lock();
+            st.spare = batch;
+            if let Err(e) = sent {
+                st.broken = true;
+                result = Err(e);
+                break;
+            }
+        }
+        st.writing = false;
+        self.idle.notify_all();
+        result
+    }
+}
+
+fn broken() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "an earlier reply could not be sent",
+    )
+}
+
 /// Runs of changed (`STATE_CHANGED`) and unchanged blocks over a byte range.
 fn changed_runs(set: &RoaringBitmap, offset: u64, len: u64) -> Vec<(u64, u32)> {
     let bs = ferry_store::BLOCK_SIZE;
@@ -717,7 +837,15 @@ fn changed_runs(set: &RoaringBitmap, offset: u64, len: u64) -> Vec<(u64, u32)> {
 fn write_all_parts(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
     let mut idx = 0;
     let mut skip = 0;
-    while idx < parts.len() {
+    loop {
+        // past whatever is fully written (empty parts included)
+        while idx < parts.len() && parts[idx].len() == skip {
+            idx += 1;
+            skip = 0;
+        }
+        if idx == parts.len() {
+            return Ok(());
+        }
         let mut slices = [IoSlice::new(&[]); 4];
         let mut n = 0;
         for (k, p) in parts[idx..].iter().take(4).enumerate() {
@@ -741,7 +869,6 @@ fn write_all_parts(w: &mut impl Write, parts: &[&[u8]]) -> io::Result<()> {
             skip = 0;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -782,5 +909,8 @@ mod tests {
         let mut d = Dribble(Vec::new());
         write_all_parts(&mut d, &[b"hello", b"", b" wide", b" world"]).unwrap();
         assert_eq!(d.0, b"hello wide world");
+        // nothing to write is no error
+        write_all_parts(&mut d, &[b"", b""]).unwrap();
+        write_all_parts(&mut d, &[]).unwrap();
     }
 }

@@ -36,7 +36,10 @@ fn a_thousand_connections_leak_nothing() {
     // A connection's thread leaves the registry just before it exits, so one
     // may still be on its way out; a leak would leave a thousand.
     let now = count("/proc/self/task");
-    assert!(now <= threads + 2, "threads leaked: {threads} before, {now} after");
+    assert!(
+        now <= threads + 2,
+        "threads leaked: {threads} before, {now} after"
+    );
     let grown = rss_kib().saturating_sub(rss);
     assert!(
         grown < 16 * 1024,

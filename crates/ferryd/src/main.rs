@@ -52,6 +52,9 @@ struct Args {
     /// upgrade are refused)
     #[arg(long, value_name = "MODE", value_parser = parse_nbd_tls)]
     nbd_tls: Option<ferry_nbd::TlsMode>,
+    /// Requests one NBD connection runs at once (worker threads per connection; default 4)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    nbd_workers: Option<u16>,
     /// Serve HTTPS on a loopback API address too (any other address always serves HTTPS)
     #[arg(long)]
     tls: bool,
@@ -59,7 +62,7 @@ struct Args {
     /// localhost, 127.0.0.1, ::1 and the hostname are always in it
     #[arg(long = "tls-name", value_name = "NAME")]
     tls_names: Vec<String>,
-    /// TOML file with any of the keys data, api, nbd, nbd_unix, nbd_tls, tls, tls_names
+    /// TOML file with any of the keys data, api, nbd, nbd_unix, nbd_tls, nbd_workers, tls, tls_names
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -72,6 +75,7 @@ struct Config {
     nbd: Option<SocketAddr>,
     nbd_unix: Option<PathBuf>,
     nbd_tls: Option<String>,
+    nbd_workers: Option<u16>,
     tls: Option<bool>,
     tls_names: Option<Vec<String>>,
 }
@@ -92,6 +96,7 @@ struct NbdOptions {
     addr: SocketAddr,
     unix: Option<PathBuf>,
     tls: ferry_nbd::TlsMode,
+    workers: usize,
 }
 
 fn main() -> Result<()> {
@@ -130,6 +135,11 @@ fn main() -> Result<()> {
                 .map_err(|e| anyhow::anyhow!(e))
                 .context("config key nbd_tls")?,
             (None, None) => ferry_nbd::TlsMode::Allow,
+        },
+        workers: match args.nbd_workers.or(config.nbd_workers) {
+            Some(0) => anyhow::bail!("nbd_workers must be at least 1"),
+            Some(n) => usize::from(n),
+            None => ferry_nbd::ServerConfig::default().workers,
         },
     };
     // Plain HTTP never leaves the machine: only a loopback address may skip TLS.
@@ -246,7 +256,7 @@ async fn run(
             ferry_nbd::TlsMode::Off
         },
         tls: nbd_tls,
-        ..Default::default()
+        workers: nbd.workers,
     };
     let nbd_mode = nbd_config.tls_mode;
     let (nbd_server, nbd_addr) = nbd::start(&store, nbd.addr, nbd.unix.as_deref(), nbd_config)?;
