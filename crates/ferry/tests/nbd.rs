@@ -250,3 +250,25 @@ fn tls_with_the_site_certificate() {
         "a client trusting another site's CA got in: {text}"
     );
 }
+
+#[test]
+fn unix_socket_serves_the_same_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sock = dir.path().join("nbd.sock");
+    let d = Daemon::start_with(&data, &["--nbd-unix", sock.to_str().unwrap()]);
+    assert!(
+        d.said("ferryd: NBD listening")
+            .unwrap()
+            .contains("nbd+unix")
+    );
+    setup(&d);
+    let uri = format!("nbd+unix:///vm1-system?socket={}", sock.display());
+    qemu_io(&uri, &["write -P 0x3d 4k 8k", "read -P 0x3d 4k 8k"]);
+    qemu_io(
+        &format!("nbd://{}/vm1-system", d.nbd),
+        &["read -P 0x3d 4k 8k"],
+    );
+    let json = ok("nbdinfo", &["--json", &uri]);
+    assert!(json.contains("\"export-size\": 67108864"), "{json}");
+}

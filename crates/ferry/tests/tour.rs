@@ -58,14 +58,19 @@ fn readme_tour_runs_verbatim() {
     let stdout = child.stdout.take().unwrap();
     let _daemon = Daemon(child);
     let mut addr = None;
+    let mut nbd = None;
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap();
+        if let Some(a) = line.strip_prefix("ferryd: NBD listening on nbd://") {
+            nbd = a.split_whitespace().next().map(str::to_owned);
+        }
         if let Some(a) = line.strip_prefix("ferryd: API listening on ") {
             addr = Some(a.to_owned());
             break;
         }
     }
     let addr = addr.expect("ferryd said where it listens");
+    let nbd = nbd.expect("ferryd said where NBD listens");
     assert!(dir.path().join("ferry-data/admin.token").exists());
 
     let lines = tour_lines();
@@ -78,11 +83,15 @@ fn readme_tour_runs_verbatim() {
     let mut outputs = Vec::new();
     for line in &lines {
         assert!(
-            line.starts_with("ferry "),
-            "tour lines are ferry commands: {line}"
+            ["ferry ", "qemu-img ", "nbdinfo "]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "tour lines are ferry, qemu-img or nbdinfo commands: {line}"
         );
+        // the README uses the default NBD port; this ferryd took a free one
+        let command = line.replace("127.0.0.1:10809", &nbd);
         let out = Command::new("bash")
-            .args(["-c", line])
+            .args(["-c", &command])
             .current_dir(dir.path())
             .env("PATH", &path)
             .env("FERRY_SERVER", &addr)
@@ -110,4 +119,7 @@ fn readme_tour_runs_verbatim() {
     assert!(said("ferry snapshot list web1-test").contains("undo-sync-"));
     assert!(said("ferry audit verify").contains("chain intact"));
     assert!(said("ferry audit list").contains("sync.run"));
+    assert!(said("ferry export list").contains("web1-monday"));
+    assert!(said("qemu-img info").contains("virtual size: 100 GiB"));
+    assert!(said("nbdinfo --map").contains("hole,zero"));
 }
