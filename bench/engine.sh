@@ -15,14 +15,9 @@ cd "$(dirname "$0")/.."
 quick="${FERRY_BENCH_QUICK:-0}"
 base="${FERRY_BENCH_DIR:-/tmp/ferry-bench}"
 
-echo "== ferry engine bench$([ "$quick" = 1 ] && echo ' (QUICK)')"
-cpu="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || true)"
-mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || true)"
-echo "machine: $(nproc) cores${cpu:+ ($cpu)}, ${mem:-? GiB} RAM, $(uname -sr)"
-dirty=""
-git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || dirty=" + uncommitted changes in the work tree"
-echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty"
-echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+# shellcheck source=bench/header.sh
+source bench/header.sh
+bench_header "== ferry engine bench$([ "$quick" = 1 ] && echo ' (QUICK)')"
 
 mkdir -p "$base"
 # An earlier run's files still being freed in the background would disturb

@@ -21,14 +21,9 @@ for tool in fio nbdkit qemu-nbd python3; do
     command -v "$tool" >/dev/null || { echo "bench/nbd.sh needs $tool (apt-get install -y fio nbdkit qemu-utils)" >&2; exit 1; }
 done
 
-echo "== ferry NBD bench"
-cpu="$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//' || true)"
-mem="$(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo 2>/dev/null || true)"
-echo "machine: $(nproc) cores${cpu:+ ($cpu)}, ${mem:-? GiB} RAM, $(uname -sr)"
-dirty=""
-git diff --quiet HEAD -- crates Cargo.toml Cargo.lock 2>/dev/null || dirty=" + uncommitted changes in the work tree"
-echo "commit:  $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$dirty"
-echo "date:    $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+# shellcheck source=bench/header.sh
+source bench/header.sh
+bench_header "== ferry NBD bench"
 echo "peers:   $(nbdkit --version 2>&1 | head -1); $(qemu-nbd --version | head -1); $(fio --version)"
 
 cargo build --release --locked --bin ferryd --bin ferry 2>&1 | tail -1
