@@ -350,7 +350,13 @@ impl Server {
         (&stream).read_exact(&mut flags)?;
         let client_flags = decode_client_flags(flags)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut nego = Negotiation::new(self.inner.config.tls_mode, client_flags);
+        // A Unix socket stays on this machine, guarded by its file's
+        // permissions: no TLS there (STARTTLS is refused, not required).
+        let tls_mode = match stream {
+            Stream::Tcp(_) => self.inner.config.tls_mode,
+            Stream::Unix(_) => TlsMode::Off,
+        };
+        let mut nego = Negotiation::new(tls_mode, client_flags);
         let mut data = Vec::new();
         let mut out = Vec::new();
         let agreement = loop {
