@@ -274,3 +274,30 @@ fn unix_socket_serves_the_same_exports() {
     let json = ok("nbdinfo", &["--json", &uri]);
     assert!(json.contains("\"export-size\": 67108864"), "{json}");
 }
+
+#[test]
+fn sigterm_with_nbd_clients_connected_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut d = Daemon::start(&data);
+    setup(&d);
+    // one client in transmission with a write acknowledged, one mid-handshake
+    let mut c = RawClient::connect(d.nbd.as_str(), "vm1-system");
+    let (err, _) = c.call(ferry_nbd::proto::CMD_WRITE, 0, 8192, 4096, &[0x4b; 4096]);
+    assert_eq!(err, 0);
+    let idle = std::net::TcpStream::connect(d.nbd.as_str()).unwrap();
+    let (status, said) = d.terminate();
+    assert!(status.success(), "ferryd did not stop cleanly: {said:?}");
+    assert!(
+        said.iter().any(|l| l.contains("stopped cleanly")),
+        "{said:?}"
+    );
+    assert!(c.reply_or_eof(), "the client was not disconnected");
+    drop(idle);
+    // the acknowledged write was flushed by the clean stop
+    let d = Daemon::start(&data);
+    qemu_io(
+        &format!("nbd://{}/vm1-system", d.nbd),
+        &["read -P 0x4b 8k 4k"],
+    );
+}
