@@ -124,6 +124,34 @@ impl Write for &Stream {
     }
 }
 
+/// Where connections come from.
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Listener {
+    /// The next connection, as a blocking [`Stream`] for the connection's
+    /// threads, and who it is from.
+    async fn accept(&self) -> io::Result<(Stream, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (sock, peer) = l.accept().await?;
+                let sock = sock.into_std()?;
+                sock.set_nonblocking(false)?;
+                let _ = sock.set_nodelay(true);
+                Ok((Stream::Tcp(sock), peer.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (sock, _) = l.accept().await?;
+                let sock = sock.into_std()?;
+                sock.set_nonblocking(false)?;
+                Ok((Stream::Unix(sock), "unix".into()))
+            }
+        }
+    }
+}
+
 /// A [`Stream`] owned, for a `BufReader`.
 #[derive(Debug)]
 struct OwnedStream(Stream);
@@ -194,31 +222,8 @@ impl Server {
         let listener = std::net::TcpListener::bind(addr)?;
         let local = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let server = self.clone();
-        let mut stop = self.inner.stop_accepting.subscribe();
         let _guard = self.inner.runtime.enter();
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        self.inner.runtime.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stopped(&mut stop) => break,
-                    accepted = listener.accept() => match accepted {
-                        Ok((sock, peer)) => {
-                            let sock = match sock.into_std().and_then(|s| { s.set_nonblocking(false)?; Ok(s) }) {
-                                Ok(s) => s,
-                                Err(e) => { tracing::warn!("NBD accept from {peer}: {e}"); continue; }
-                            };
-                            let _ = sock.set_nodelay(true);
-                            server.spawn_connection(Stream::Tcp(sock), peer.to_string());
-                        }
-                        Err(e) => {
-                            tracing::warn!("NBD accept: {e}");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            }
-        });
+        self.accept_loop(Listener::Tcp(tokio::net::TcpListener::from_std(listener)?));
         Ok(local)
     }
 
@@ -230,28 +235,31 @@ impl Server {
         }
         let listener = std::os::unix::net::UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
+        let _guard = self.inner.runtime.enter();
+        self.accept_loop(Listener::Unix(tokio::net::UnixListener::from_std(
+            listener,
+        )?));
+        Ok(())
+    }
+
+    /// Accepts connections on the runtime until the server stops.
+    fn accept_loop(&self, listener: Listener) {
         let server = self.clone();
         let mut stop = self.inner.stop_accepting.subscribe();
-        let _guard = self.inner.runtime.enter();
-        let listener = tokio::net::UnixListener::from_std(listener)?;
         self.inner.runtime.spawn(async move {
             loop {
                 tokio::select! {
                     () = stopped(&mut stop) => break,
                     accepted = listener.accept() => match accepted {
-                        Ok((sock, _)) => match sock.into_std().and_then(|s| { s.set_nonblocking(false)?; Ok(s) }) {
-                            Ok(s) => server.spawn_connection(Stream::Unix(s), "unix".into()),
-                            Err(e) => tracing::warn!("NBD unix accept: {e}"),
-                        },
+                        Ok((stream, peer)) => server.spawn_connection(stream, peer),
                         Err(e) => {
-                            tracing::warn!("NBD unix accept: {e}");
+                            tracing::warn!("NBD accept: {e}");
                             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                         }
                     }
                 }
             }
         });
-        Ok(())
     }
 
     /// Number of open connections.
@@ -408,8 +416,7 @@ impl Server {
                 READ_BUFFER,
                 OwnedStream(stream.try_clone()?),
             )),
-            writer: Replies::new(stream.try_clone()?),
-            stream,
+            writer: Replies::new(stream),
             agreement,
             disk,
             exports: self.inner.exports.clone(),
@@ -422,7 +429,7 @@ impl Server {
             }
             conn.work();
         });
-        conn.stream.shutdown(Shutdown::Both);
+        conn.writer.sock.shutdown(Shutdown::Both);
         Ok(())
     }
 
@@ -469,8 +476,8 @@ struct Connection {
     /// Buffered: one receive can bring many pipelined requests, which the
     /// next workers then take without a system call.
     reader: Mutex<io::BufReader<OwnedStream>>,
+    /// Also the handle that shuts the connection down.
     writer: Replies,
-    stream: Stream,
     agreement: Agreement,
     disk: Disk,
     exports: Arc<dyn Exports>,
@@ -486,7 +493,7 @@ enum Next {
 impl Connection {
     fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        self.stream.shutdown(Shutdown::Read);
+        self.writer.sock.shutdown(Shutdown::Read);
     }
 
     /// A worker: read a request, run it, reply; until the stream ends.

@@ -201,17 +201,24 @@ fn allocation_chain(
     };
     let mut pos = offset;
     let mut resolved = 0u64;
+    // Inside a run of data the next block is most likely data too: look for
+    // the next defined block only after a block that reads as zeros.
+    let mut in_data = false;
     while pos < end {
         let block = pos / BLOCK_SIZE;
         let last_block = (end - 1) / BLOCK_SIZE;
         // Skip blocks no layer defines, all at once.
-        let next_defined = layers
-            .iter()
-            .filter_map(|l| {
-                l.with_map(|m| m.present.range(block as u32..=last_block as u32).next())
-            })
-            .min()
-            .map_or(last_block + 1, u64::from);
+        let next_defined = if in_data {
+            block
+        } else {
+            layers
+                .iter()
+                .filter_map(|l| {
+                    l.with_map(|m| m.present.range(block as u32..=last_block as u32).next())
+                })
+                .min()
+                .map_or(last_block + 1, u64::from)
+        };
         if next_defined > block {
             let to = end.min(next_defined * BLOCK_SIZE);
             push(pos, to, Allocation::Zero);
@@ -226,6 +233,7 @@ fn allocation_chain(
             (_, BlockState::Data) => Allocation::Data,
             _ => Allocation::Zero,
         };
+        in_data = kind == Allocation::Data;
         let to = end.min((block + 1) * BLOCK_SIZE);
         push(pos, to, kind);
         pos = to;
