@@ -21,8 +21,10 @@ use std::hint::black_box;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use ferry_store::layer::journal;
 use ferry_store::{BLOCK_SIZE, DiffEnd, RoaringBitmap, SnapshotKind, Store, Target, VolumeHandle};
 
 type Res<T> = std::result::Result<T, Box<dyn Error>>;
@@ -506,8 +508,13 @@ enum Dev<'a> {
     Vol(&'a VolumeHandle),
     /// A plain file that only ever takes writes (nothing to warm).
     Fresh(&'a File),
-    /// The layered volume's own layer files, read raw: `files[owner[block]]`.
-    Layers(&'a [File], &'a [u8]),
+    /// The layered volume's own layer files, read raw: block `b` at slot
+    /// `slot[b]` of `files[owner[b]]`.
+    Layers(&'a [File], &'a [u8], &'a [u32]),
+    /// A file that takes every write at its end, into space reserved ahead
+    /// (`fallocate(KEEP_SIZE)`), whatever the offset asked: how a packed
+    /// layer takes blocks it never held. The counter is the next offset.
+    Append(&'a File, &'a AtomicU64, u64),
 }
 
 impl Dev<'_> {
@@ -515,9 +522,13 @@ impl Dev<'_> {
         match self {
             Dev::Plain(f) | Dev::Fresh(f) => f.read_exact_at(buf, off).expect("plain read"),
             Dev::Vol(v) => v.read(buf, off).expect("engine read"),
-            Dev::Layers(files, owner) => files[usize::from(owner[(off / BLOCK_SIZE) as usize])]
-                .read_exact_at(buf, off)
-                .expect("raw layer read"),
+            Dev::Layers(files, owner, slot) => {
+                let b = (off / BLOCK_SIZE) as usize;
+                files[usize::from(owner[b])]
+                    .read_exact_at(buf, u64::from(slot[b]) * BLOCK_SIZE)
+                    .expect("raw layer read")
+            }
+            Dev::Append(..) => unreachable!("the append peer only takes writes"),
         }
     }
 
@@ -526,6 +537,10 @@ impl Dev<'_> {
             Dev::Plain(f) | Dev::Fresh(f) => f.write_all_at(buf, off).expect("plain write"),
             Dev::Vol(v) => v.write(buf, off, false).expect("engine write"),
             Dev::Layers(..) => unreachable!("raw layers are only read"),
+            Dev::Append(f, next, _) => {
+                let at = next.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                f.write_all_at(buf, at).expect("append write")
+            }
         }
     }
 
@@ -537,12 +552,18 @@ impl Dev<'_> {
             // Reading holes would fill the page cache with zeros the engine
             // never reads; the layered volume's warm-up reads these pages.
             Dev::Fresh(_) | Dev::Layers(..) => Ok(()),
+            Dev::Append(f, next, reserve) => {
+                // Start each measurement on an empty file with its space reserved.
+                f.set_len(0)?;
+                next.store(0, Ordering::Relaxed);
+                fallocate(f, libc::FALLOC_FL_KEEP_SIZE, *reserve)
+            }
         }
     }
 
     fn sync(&self) -> Res<()> {
         match self {
-            Dev::Plain(f) | Dev::Fresh(f) => Ok(f.sync_data()?),
+            Dev::Plain(f) | Dev::Fresh(f) | Dev::Append(f, ..) => Ok(f.sync_data()?),
             Dev::Vol(v) => Ok(v.flush()?),
             Dev::Layers(..) => Ok(()),
         }
@@ -699,14 +720,17 @@ fn part3(cfg: &Config, dir: &Path) -> Res<()> {
     }
 
     // Peers without engine code, to tell the engine's cost from the cost of
-    // its layout: the layered volume's layer files read raw (pread on the file
-    // that holds each block, per docs/format.md), and writes into a sparse
-    // file as a new head takes them (each write fills a hole).
+    // its layout: the layered volume's layer files read raw (pread of each
+    // block's slot in the file that holds it, per docs/format.md); writes at
+    // the end of a file into reserved space, as a packed head takes new
+    // blocks; and, for comparison, writes into a sparse file's holes, as a
+    // head addressed like the volume took them.
     let raw = raw_layers(&layer_files, &owner, blocks);
+    let slot_of = raw.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
     if let Err(e) = &raw {
         println!("  (raw layer peer skipped: {e})");
     }
-    let raw = raw.ok();
+    let raw = raw.ok().map(|(files, _)| files);
     let fresh: File = OpenOptions::new()
         .read(true)
         .write(true)
@@ -714,34 +738,27 @@ fn part3(cfg: &Config, dir: &Path) -> Res<()> {
         .truncate(true)
         .open(dir.join("sparse.img"))?;
     fresh.set_len(cfg.rw_size)?;
-    // The best any layout can do for a block never written before without
-    // copying data at snapshot time: space reserved by fallocate (unwritten
-    // extents), so a write allocates nothing, only converts the extent.
-    let reserved: File = OpenOptions::new()
+    // The packed layout's new blocks without the engine: each write at the
+    // end of a file, into space reserved ahead.
+    let appended: File = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(dir.join("reserved.img"))?;
-    {
-        use std::os::fd::AsRawFd;
-        let len = i64::try_from(cfg.rw_size)?;
-        // SAFETY: a plain syscall on a file descriptor we own.
-        if unsafe { libc::fallocate(reserved.as_raw_fd(), 0, 0, len) } != 0 {
-            return Err(format!("fallocate: {}", std::io::Error::last_os_error()).into());
-        }
-    }
+        .open(dir.join("append.img"))?;
+    let append_at = AtomicU64::new(0);
+    let append_reserve = cfg.threads as u64 * cfg.ops as u64 * BLOCK_SIZE;
 
     let mut read_devs = vec![Dev::Plain(&plain), Dev::Vol(&flat), Dev::Vol(&layered)];
     if let Some(files) = &raw {
-        read_devs.push(Dev::Layers(files, &owner));
+        read_devs.push(Dev::Layers(files, &owner, &slot_of));
     }
     let write_devs = [
         Dev::Plain(&plain),
         Dev::Vol(&flat),
         Dev::Vol(&layered),
         Dev::Fresh(&fresh),
-        Dev::Fresh(&reserved),
+        Dev::Append(&appended, &append_at, append_reserve),
     ];
     // reads[k] and writes[k] hold the IOPS of read_devs[k] and write_devs[k].
     // Each measurement re-reads its file first: this machine pages out page
@@ -809,9 +826,7 @@ fn part3(cfg: &Config, dir: &Path) -> Res<()> {
     table(&rows);
 
     println!();
-    println!(
-        "  the 32-snapshot layout without the engine: the same operations by plain pread/pwrite"
-    );
+    println!("  the layouts without the engine: the same operations by plain pread/pwrite");
     let mut rows = vec![row(&[
         "",
         "peer IOPS",
@@ -837,12 +852,12 @@ fn part3(cfg: &Config, dir: &Path) -> Res<()> {
         peer_row("random read: pread from the 32 layer files, raw", &reads, 3);
     }
     peer_row(
-        "random write: pwrite into a sparse file (fills holes like a new head)",
+        "random write: pwrite into a sparse file's holes (a head addressed like the volume: ferry's layout before 2026-11-30)",
         &writes,
         3,
     );
     peer_row(
-        "random write: pwrite into fallocated, never-written blocks (no layout does better without copying)",
+        "write: pwrite at the end of a file into space reserved ahead (how a packed head takes new blocks)",
         &writes,
         4,
     );
@@ -865,23 +880,46 @@ fn newest_layer_file(dir: &Path) -> Option<PathBuf> {
         .map(|(_, name)| dir.join("layers").join(name))
 }
 
-/// Opens the layer files for the raw peer and checks they hold what the volume shows.
-fn raw_layers(paths: &[Option<PathBuf>], owner: &[u8], blocks: u64) -> Res<Vec<File>> {
-    let files = paths
-        .iter()
-        .map(|p| Ok(File::open(p.as_ref().ok_or("no layer file found")?)?))
-        .collect::<Res<Vec<File>>>()?;
+/// Opens the layer files for the raw peer, with the slot of every block
+/// from the layers' map journals (docs/format.md), and checks they hold what
+/// the volume shows.
+fn raw_layers(paths: &[Option<PathBuf>], owner: &[u8], blocks: u64) -> Res<(Vec<File>, Vec<u32>)> {
+    let mut files = Vec::new();
+    let mut maps = Vec::new();
+    for p in paths {
+        let p = p.as_ref().ok_or("no layer file found")?;
+        files.push(File::open(p)?);
+        let bytes = std::fs::read(p.with_extension("map"))?;
+        let decoded = journal::decode(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
+        maps.push(decoded.map.slots);
+    }
+    let mut slot = vec![0u32; blocks as usize];
+    for (b, s) in slot.iter_mut().enumerate() {
+        *s = maps[usize::from(owner[b])]
+            .get(b as u32)
+            .ok_or_else(|| format!("block {b} has no slot in its layer"))?;
+    }
     let mut rng = Rng(0x5a3);
     let (mut got, mut want) = (vec![0u8; BLOCK], vec![0u8; BLOCK]);
     for _ in 0..2000 {
-        let b = rng.below(blocks);
-        files[usize::from(owner[b as usize])].read_exact_at(&mut got, b * BLOCK_SIZE)?;
-        pattern(b, &mut want);
+        let b = rng.below(blocks) as usize;
+        files[usize::from(owner[b])].read_exact_at(&mut got, u64::from(slot[b]) * BLOCK_SIZE)?;
+        pattern(b as u64, &mut want);
         if got != want {
             return Err(format!("block {b} is not where the layer files were expected").into());
         }
     }
-    Ok(files)
+    Ok((files, slot))
+}
+
+fn fallocate(f: &File, mode: libc::c_int, len: u64) -> Res<()> {
+    use std::os::fd::AsRawFd;
+    let len = i64::try_from(len)?;
+    // SAFETY: a plain syscall on a file descriptor we own.
+    if unsafe { libc::fallocate(f.as_raw_fd(), mode, 0, len) } != 0 {
+        return Err(format!("fallocate: {}", std::io::Error::last_os_error()).into());
+    }
+    Ok(())
 }
 
 fn main() -> Res<()> {

@@ -146,7 +146,7 @@ mod tests {
         };
         let layers: Vec<Arc<Layer>> = (0..6)
             .map(|i| {
-                let l = Layer::create(&storage, LayerId(i), 0).unwrap();
+                let l = Layer::create(&storage, LayerId(i)).unwrap();
                 for _ in 0..2000 {
                     // clustered in container 0 and 2 (mixed), container 1 only in layer 3
                     let c = [0u32, 2, 3][(next() % 3) as usize];
@@ -156,9 +156,9 @@ mod tests {
                         continue;
                     }
                     if next() % 5 == 0 {
-                        l.mark_zero(b..=b);
+                        l.zero_blocks(b, 1);
                     } else {
-                        l.mark_data(b..=b);
+                        l.write_blocks(b, &[0u8; crate::types::BLOCK]).unwrap();
                     }
                 }
                 Arc::new(l)

@@ -327,7 +327,7 @@ impl Store {
         }
         let id = VolumeId(cat.alloc_id());
         let head = LayerId(cat.alloc_id());
-        let layer = self.create_layer(head, size)?;
+        let layer = self.create_layer(head)?;
         let rec = VolumeRec {
             id,
             name: name.to_owned(),
@@ -376,7 +376,6 @@ impl Store {
         }
         let vol = self.vol(rec.id)?;
         let mut st = vol.state.write();
-        st.head().set_len(size).map_err(io_err("growing", name))?;
         rec.size = size;
         cat.commit(vec![Change::PutVolume(rec.clone())])?;
         st.size = size;
@@ -671,7 +670,7 @@ impl Store {
                 None => v.state.read().size,
             };
             new_heads.push(
-                self.create_layer(id, size)
+                self.create_layer(id)
                     .inspect_err(|_| self.drop_layers(&new_heads))?,
             );
             plan.push((slot, v, id, size));
@@ -734,7 +733,7 @@ impl Store {
         // journal (and a failed layer, which the next flush reports).
         for m in snapshot.members.values() {
             if let Ok(l) = self.layer(m.layer)
-                && let Err(e) = l.compact()
+                && let Err(e) = l.release_reserve().and_then(|()| l.compact())
             {
                 tracing::warn!(layer = %m.layer, error = %e, "compacting a sealed layer's map failed");
             }
@@ -921,7 +920,7 @@ impl Store {
     ) -> Result<(VolumeRec, LayerId)> {
         let id = VolumeId(cat.alloc_id());
         let head = LayerId(cat.alloc_id());
-        self.create_layer(head, m.size)?;
+        self.create_layer(head)?;
         Ok((
             VolumeRec {
                 id,
@@ -1118,8 +1117,8 @@ impl Store {
 
     // ----- layers and garbage collection -----
 
-    fn create_layer(&self, id: LayerId, size: u64) -> Result<LayerId> {
-        let layer = Layer::create(&self.inner.storage, id, size).map_err(|e| {
+    fn create_layer(&self, id: LayerId) -> Result<LayerId> {
+        let layer = Layer::create(&self.inner.storage, id).map_err(|e| {
             let _ = Layer::remove_files(&self.inner.storage, id);
             StoreError::io("creating", id, e)
         })?;
@@ -1258,7 +1257,6 @@ impl Store {
                 .find(|v| v.state.read().head().id == into)
                 .cloned();
             let barrier = owner.as_ref().map(|v| v.state.write());
-            let (mut data, mut zero) = (RoaringBitmap::new(), RoaringBitmap::new());
             let mut i = 0;
             while i < chunk.len() {
                 let b = chunk[i];
@@ -1266,34 +1264,30 @@ impl Store {
                     i += 1;
                     continue;
                 }
-                match src.state(b) {
-                    BlockState::Zero => {
-                        zero.insert(b);
-                        i += 1;
-                    }
-                    BlockState::Absent => i += 1,
+                // A run of consecutive blocks of one kind, copied at once.
+                let kind = src.state(b);
+                let mut j = i + 1;
+                while j < chunk.len()
+                    && chunk[j] == chunk[j - 1] + 1
+                    && src.state(chunk[j]) == kind
+                    && dst.state(chunk[j]) == BlockState::Absent
+                {
+                    j += 1;
+                }
+                let len = (j - i) as u32;
+                match kind {
+                    BlockState::Zero => dst.zero_blocks(b, len),
+                    BlockState::Absent => {}
                     BlockState::Data => {
-                        // A run of consecutive data blocks, copied at once.
-                        let mut j = i + 1;
-                        while j < chunk.len()
-                            && chunk[j] == chunk[j - 1] + 1
-                            && src.state(chunk[j]) == BlockState::Data
-                            && dst.state(chunk[j]) == BlockState::Absent
-                        {
-                            j += 1;
-                        }
                         let n = (j - i) * BLOCK;
-                        let off = u64::from(b) * BLOCK_SIZE;
-                        src.read(&mut buf[..n], off)
+                        src.read(&mut buf[..n], u64::from(b) * BLOCK_SIZE)
                             .map_err(io_err("merging", from))?;
-                        dst.write(&buf[..n], off)
+                        dst.write_blocks(b, &buf[..n])
                             .map_err(io_err("merging into", into))?;
-                        data.insert_range(b..=chunk[j - 1]);
-                        i = j;
                     }
                 }
+                i = j;
             }
-            dst.mark_merged(&data, &zero);
             drop(barrier);
             progress.add_done(chunk.len() as u64);
         }

@@ -117,34 +117,73 @@ impl Volume {
 
     pub fn flush(&self) -> Result<()> {
         let st = self.begin(0, 0)?;
-        st.head().persist().map_err(|e| self.io_err("flushing", e))
+        let head = st.head().clone();
+        head.persist().map_err(|e| self.io_err("flushing", e))?;
+        if head.has_retired() {
+            // Slots freed by trims may take new blocks once no I/O that
+            // looked them up is in flight: the write barrier, briefly.
+            drop(st);
+            let st = self.state.write();
+            if Arc::ptr_eq(st.head(), &head) {
+                head.reuse_retired();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where a block comes from: the layer's index in the chain (the chain's
+/// length when none defines it), in what form, and — when the lookup found
+/// it on the way — the data's slot and run of slots.
+#[derive(Clone, Copy, Debug)]
+struct Source {
+    layer: usize,
+    state: BlockState,
+    run: Option<(u32, u32)>,
+}
+
+impl Source {
+    fn same(&self, other: &Source) -> bool {
+        self.layer == other.layer && self.state == other.state
     }
 }
 
 /// Which layer a block comes from, and in what form: the layers above the
 /// resolver's are asked one by one, the rest through the resolver.
-fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> (usize, BlockState) {
+fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> Source {
     let scan_to = resolver.map_or(layers.len(), Resolver::first);
-    for (i, layer) in layers[..scan_to].iter().enumerate() {
-        let st = layer.state(block);
-        if st != BlockState::Absent {
-            return (i, st);
-        }
-    }
-    if let Some(found) = resolver.and_then(|r| r.lookup(layers, block)) {
+    let scan = |from: usize, to: usize| {
+        layers[from..to]
+            .iter()
+            .enumerate()
+            .find_map(|(i, layer)| match layer.lookup(block) {
+                (BlockState::Absent, _) => None,
+                (state, run) => Some(Source {
+                    layer: from + i,
+                    state,
+                    run,
+                }),
+            })
+    };
+    if let Some(found) = scan(0, scan_to) {
         return found;
     }
-    for (i, layer) in layers.iter().enumerate().skip(scan_to) {
-        let st = layer.state(block);
-        if st != BlockState::Absent {
-            return (i, st);
-        }
+    if let Some((layer, state)) = resolver.and_then(|r| r.lookup(layers, block)) {
+        return Source {
+            layer,
+            state,
+            run: None,
+        };
     }
-    (layers.len(), BlockState::Absent)
+    scan(scan_to, layers.len()).unwrap_or(Source {
+        layer: layers.len(),
+        state: BlockState::Absent,
+        run: None,
+    })
 }
 
 /// Reads `buf.len()` bytes at `offset` through a chain (bounds already checked),
-/// one read per run of blocks that come from the same layer.
+/// one read per run of blocks that come from the same layer's consecutive slots.
 fn read_chain(
     layers: &[Arc<Layer>],
     resolver: Option<&Resolver>,
@@ -156,15 +195,29 @@ fn read_chain(
     while pos < end {
         let block = (pos / BLOCK_SIZE) as u32;
         let source = resolve(layers, resolver, block);
+        let run = match source.state {
+            BlockState::Data => source.run.or_else(|| layers[source.layer].run_at(block)),
+            _ => None,
+        };
+        // Blocks after this one join the read while they come from the same
+        // place (and, for data, from the slots that follow).
+        let limit = match run {
+            Some((_, n)) => u64::from(block) + u64::from(n),
+            None if source.state == BlockState::Data => u64::from(block) + 1, // a racing trim
+            None => u64::MAX,
+        };
         let mut next = u64::from(block) + 1;
-        while next * BLOCK_SIZE < end && resolve(layers, resolver, next as u32) == source {
+        while next < limit
+            && next * BLOCK_SIZE < end
+            && resolve(layers, resolver, next as u32).same(&source)
+        {
             next += 1;
         }
         let run_end = end.min(next * BLOCK_SIZE);
         let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
-        match source {
-            (i, BlockState::Data) => layers[i].read(out, pos)?,
-            _ => out.fill(0),
+        match run {
+            Some((slot, _)) => layers[source.layer].read_slots(out, slot, pos % BLOCK_SIZE)?,
+            None => out.fill(0),
         }
         pos = run_end;
     }
@@ -229,8 +282,8 @@ fn allocation_chain(
             break;
         }
         resolved += 1;
-        let kind = match resolve(layers, resolver, block as u32) {
-            (_, BlockState::Data) => Allocation::Data,
+        let kind = match resolve(layers, resolver, block as u32).state {
+            BlockState::Data => Allocation::Data,
             _ => Allocation::Zero,
         };
         in_data = kind == Allocation::Data;
@@ -324,13 +377,9 @@ impl VolumeHandle {
             let blocks = (full_start / BLOCK_SIZE) as u32..=((full_end / BLOCK_SIZE) - 1) as u32;
             let head = &st.head();
             match part(full_start, full_end) {
-                Fill::Bytes(b) => {
-                    head.write(b, full_start).map_err(io)?;
-                    head.mark_data(blocks);
-                }
+                Fill::Bytes(b) => head.write_blocks(*blocks.start(), b).map_err(io)?,
                 Fill::Zeros => {
-                    head.punch(full_start, full_end - full_start).map_err(io)?;
-                    head.mark_zero(blocks);
+                    head.zero_blocks(*blocks.start(), blocks.end() - blocks.start() + 1);
                 }
             }
             if offset < full_start {
@@ -371,12 +420,14 @@ impl VolumeHandle {
     ) -> std::io::Result<()> {
         let block = (offset / BLOCK_SIZE) as u32;
         let head = &st.head();
-        if head.state(block) == BlockState::Data {
-            // Blocks never leave a map, so writing in place needs no lock.
-            return match fill {
-                Fill::Bytes(b) => head.write(b, offset),
-                Fill::Zeros => head.write(&ZEROS[..len as usize], offset),
-            };
+        let bytes = match fill {
+            Fill::Bytes(b) => b,
+            Fill::Zeros => &ZEROS[..len as usize],
+        };
+        // In place when the head holds the block: no lock, since a racing
+        // write or trim of the whole block may land before or after this.
+        if head.write_in_block(block, offset % BLOCK_SIZE, bytes)? {
+            return Ok(());
         }
         let _guard = self.vol.stripes[block as usize % STRIPES].lock();
         let start = u64::from(block) * BLOCK_SIZE;
@@ -388,9 +439,7 @@ impl VolumeHandle {
             Fill::Bytes(b) => range.copy_from_slice(b),
             Fill::Zeros => range.fill(0),
         }
-        head.write(&buf, start)?;
-        head.mark_data(block..=block);
-        Ok(())
+        head.write_blocks(block, &buf)
     }
 }
 

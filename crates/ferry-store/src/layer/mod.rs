@@ -1,30 +1,51 @@
-//! A layer: one sparse data file addressed like the volume, plus its
-//! allocation map (which blocks it defines, which of those are zeros).
+//! A layer: one packed data file of 4 KiB slots, plus its allocation map
+//! (which blocks it defines, which of those are zeros, and in which slot
+//! each data block sits).
+//!
+//! The first write of a block takes the next free slot, so a new head's
+//! writes append to its file, into space reserved ahead with
+//! `fallocate(KEEP_SIZE)`; an overwrite of a block the layer holds goes to
+//! its slot in place. (A file addressed like the volume would make every
+//! first write of a block after a snapshot fill a hole at a random place,
+//! which costs the kernel 2–3× an overwrite, and spread a chain's cached
+//! pages thinly over many sparse files; `bench/README.md` has the figures.)
 //!
 //! Invariants:
-//! - a block enters the map only after its data was written to the file;
+//! - a block is mapped only after its data was written to its slot;
 //! - the map's journal records a block only after the data file was synced,
 //!   so after a crash every block the journal names holds the data written
 //!   for it (the durability contract's "data before allocation record");
-//! - blocks never leave a map: a layer only grows until it is deleted.
+//! - no two blocks share a slot;
+//! - a slot unmapped in memory (its block zeroed, or given a newer slot by
+//!   a racing writer) is reused only after a journal record that no longer
+//!   names it is durable *and* the owner has passed a barrier with no I/O in
+//!   flight ([`Layer::reuse_retired`]), so no write aimed at the old mapping
+//!   can land in it once it holds another block.
 //!
 //! Layers know nothing of volumes, chains or the catalog.
 
 pub mod journal;
+pub mod slots;
 
 use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
 use std::io;
-use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::storage::{Storage, StorageFile};
-use crate::types::LayerId;
-use journal::{AllocMap, HEADER_LEN, MapDelta};
+use crate::types::{BLOCK_SIZE, LayerId};
+use journal::{AllocMap, HEADER_LEN, MAP_VERSION, MapDelta};
+use slots::Extent;
 
 /// Compact the journal once it is this much larger than its last compaction.
 const COMPACT_SLACK: u64 = 1 << 20;
+/// Space reserved ahead of a layer's last slot: an eighth of what it holds,
+/// at least 1 MiB and at most 64 MiB, in slots.
+const PREALLOC_MIN: u64 = 256;
+const PREALLOC_MAX: u64 = 16384;
+/// Slots are numbered in 32 bits: a layer holds at most 16 TiB.
+const SLOT_LIMIT: u64 = 1 << 32;
 
 /// What a layer says about one block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,8 +61,18 @@ pub(crate) enum BlockState {
 #[derive(Debug, Default)]
 struct LayerMap {
     alloc: AllocMap,
-    /// Changes not yet in the journal.
-    dirty: MapDelta,
+    /// Blocks changed since the journal was last written.
+    touched: RoaringBitmap,
+    /// Slots unmapped since the journal was last written (it may name them).
+    freed: RoaringBitmap,
+    /// Slots the durable journal no longer names, waiting for a barrier.
+    retired: RoaringBitmap,
+    /// Slots free for new blocks now.
+    free: RoaringBitmap,
+    /// The first slot never handed out.
+    next_slot: u64,
+    /// Slots below this have space reserved in the file.
+    reserved_end: u64,
 }
 
 #[derive(Debug)]
@@ -88,12 +119,23 @@ fn corrupt(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
+fn slot_offset(slot: u32) -> u64 {
+    u64::from(slot) * BLOCK_SIZE
+}
+
+/// A piece of a planned write: blocks from `block`, in place at `slot` or
+/// (when `None`) in new slots.
+struct Piece {
+    block: u32,
+    len: u32,
+    slot: Option<u32>,
+}
+
 impl Layer {
-    /// Creates the files of a new, empty layer of `size` bytes, durably.
-    pub fn create(storage: &Arc<dyn Storage>, id: LayerId, size: u64) -> io::Result<Layer> {
+    /// Creates the files of a new, empty layer, durably.
+    pub fn create(storage: &Arc<dyn Storage>, id: LayerId) -> io::Result<Layer> {
         let data = storage.open_file(&data_name(id), true)?;
         data.set_len(0)?; // a stale file of an uncommitted layer may hold bytes
-        data.set_len(size)?;
         data.sync_data()?;
         let mapfile = storage.open_file(&map_name(id), true)?;
         mapfile.set_len(0)?;
@@ -114,7 +156,9 @@ impl Layer {
         })
     }
 
-    /// Opens an existing layer, dropping a torn journal tail.
+    /// Opens an existing layer, dropping a torn journal tail and whatever
+    /// the data file holds past the last slot the journal names (writes
+    /// never flushed, space reserved ahead).
     pub fn open(storage: &Arc<dyn Storage>, id: LayerId) -> io::Result<Layer> {
         let data = storage.open_file(&data_name(id), false)?;
         let mapfile = storage.open_file(&map_name(id), false)?;
@@ -131,13 +175,34 @@ impl Layer {
             mapfile.set_len(decoded.valid_len as u64)?;
             mapfile.sync_data()?;
         }
-        Ok(Layer {
+        let mut used = RoaringBitmap::new();
+        for e in decoded.map.slots.iter() {
+            let range = e.slot..=e.slot + (e.len - 1);
+            if used.range_cardinality(range.clone()) > 0 {
+                return Err(corrupt(format!(
+                    "map of {id} gives a slot of block {} to another block too",
+                    e.block
+                )));
+            }
+            used.insert_range(range);
+        }
+        let next_slot = used.max().map_or(0, |s| u64::from(s) + 1);
+        let mut free = RoaringBitmap::new();
+        if next_slot > 0 {
+            free.insert_range(0..=(next_slot - 1) as u32);
+            free -= &used;
+        }
+        data.set_len(next_slot * BLOCK_SIZE)?;
+        let layer = Layer {
             id,
             storage: storage.clone(),
             data,
             map: RwLock::new(LayerMap {
                 alloc: decoded.map,
-                dirty: MapDelta::default(),
+                free,
+                next_slot,
+                reserved_end: next_slot,
+                ..LayerMap::default()
             }),
             journal: Mutex::new(Journal {
                 file: mapfile,
@@ -146,7 +211,12 @@ impl Layer {
                 compacted_len: decoded.valid_len as u64,
             }),
             failed: AtomicBool::new(false),
-        })
+        };
+        if decoded.version != MAP_VERSION {
+            tracing::info!(layer = %id, from = decoded.version, to = MAP_VERSION, "rewriting a layer map in the current format");
+            layer.compact()?;
+        }
+        Ok(layer)
     }
 
     pub fn failed(&self) -> bool {
@@ -170,107 +240,310 @@ impl Layer {
         state_in(&m.alloc, block)
     }
 
+    /// The state of `block` and, for data, its slot and how many blocks
+    /// from it on sit in the slots that follow.
+    pub fn lookup(&self, block: u32) -> (BlockState, Option<(u32, u32)>) {
+        let m = self.map.read();
+        match state_in(&m.alloc, block) {
+            BlockState::Data => (BlockState::Data, m.alloc.slots.run_at(block)),
+            st => (st, None),
+        }
+    }
+
+    /// The slot of data block `block` and the length of its run of slots.
+    pub fn run_at(&self, block: u32) -> Option<(u32, u32)> {
+        self.map.read().alloc.slots.run_at(block)
+    }
+
     /// Calls `f` with the allocation map held for reading.
     pub fn with_map<T>(&self, f: impl FnOnce(&AllocMap) -> T) -> T {
         f(&self.map.read().alloc)
     }
 
-    /// Records that `blocks` now hold data written to the file.
-    pub fn mark_data(&self, blocks: RangeInclusive<u32>) {
-        {
-            let m = self.map.read();
-            if m.alloc.present.contains_range(blocks.clone())
-                && m.alloc.zeroed.range_cardinality(blocks.clone()) == 0
-            {
-                return; // an overwrite in place: the map does not change
+    /// Reads `buf.len()` bytes at volume byte `offset`, from blocks this
+    /// layer holds as data; a block it does not (zeroed by a racing trim)
+    /// reads as zeros.
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let end = offset + buf.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let block = (pos / BLOCK_SIZE) as u32;
+            let run = self.run_at(block);
+            let blocks = run.map_or(1, |(_, n)| u64::from(n));
+            let to = end.min((u64::from(block) + blocks) * BLOCK_SIZE);
+            let out = &mut buf[(pos - offset) as usize..(to - offset) as usize];
+            match run {
+                Some((slot, _)) => self
+                    .data
+                    .read_at(out, slot_offset(slot) + pos % BLOCK_SIZE)?,
+                None => out.fill(0),
+            }
+            pos = to;
+        }
+        Ok(())
+    }
+
+    /// Reads from slot `slot` onwards (a run [`lookup`](Self::lookup) found).
+    pub fn read_slots(&self, buf: &mut [u8], slot: u32, within: u64) -> io::Result<()> {
+        self.data.read_at(buf, slot_offset(slot) + within)
+    }
+
+    /// Writes whole blocks from `first`: in place where this layer holds the
+    /// block as data, into new slots elsewhere, which are mapped once their
+    /// data is written.
+    pub fn write_blocks(&self, first: u32, buf: &[u8]) -> io::Result<()> {
+        self.check()?;
+        debug_assert!((buf.len() as u64).is_multiple_of(BLOCK_SIZE) && !buf.is_empty());
+        let count = (buf.len() as u64 / BLOCK_SIZE) as u32;
+        let pieces = self.plan(first, count);
+        // Give the new pieces their slots.
+        let mut placed: Vec<(Extent, &[u8])> = Vec::with_capacity(pieces.len());
+        let bytes = |block: u32, len: u32| {
+            let at = (u64::from(block - first) * BLOCK_SIZE) as usize;
+            &buf[at..at + (u64::from(len) * BLOCK_SIZE) as usize]
+        };
+        let mut fresh = Vec::new();
+        if pieces.iter().any(|p| p.slot.is_none()) {
+            let mut m = self.map.write();
+            for p in pieces.iter().filter(|p| p.slot.is_none()) {
+                let mut block = p.block;
+                for (slot, len) in self.alloc(&mut m, p.len)? {
+                    fresh.push(Extent { block, slot, len });
+                    block += len;
+                }
             }
         }
-        let mut m = self.map.write();
-        m.alloc.present.insert_range(blocks.clone());
-        m.alloc.zeroed.remove_range(blocks.clone());
-        m.dirty.data.insert_range(blocks.clone());
-        m.dirty.zero.remove_range(blocks);
+        for p in &pieces {
+            if let Some(slot) = p.slot {
+                placed.push((
+                    Extent {
+                        block: p.block,
+                        slot,
+                        len: p.len,
+                    },
+                    bytes(p.block, p.len),
+                ));
+            }
+        }
+        for e in &fresh {
+            placed.push((*e, bytes(e.block, e.len)));
+        }
+        for (e, b) in &placed {
+            if let Err(e) = self.data.write_at(b, slot_offset(e.slot)) {
+                return self.fail(e);
+            }
+        }
+        if !fresh.is_empty() {
+            let mut m = self.map.write();
+            for e in fresh {
+                let range = e.block..=e.block + (e.len - 1);
+                for old in m.alloc.slots.insert(e) {
+                    // A racing writer mapped the block first; ours wins.
+                    m.freed.insert_range(old.slot..=old.slot + (old.len - 1));
+                }
+                m.alloc.present.insert_range(range.clone());
+                m.alloc.zeroed.remove_range(range.clone());
+                m.touched.insert_range(range);
+            }
+        }
+        Ok(())
     }
 
-    /// Records that `blocks` now read as zeros here.
-    pub fn mark_zero(&self, blocks: RangeInclusive<u32>) {
-        let mut m = self.map.write();
-        m.alloc.present.insert_range(blocks.clone());
-        m.alloc.zeroed.insert_range(blocks.clone());
-        m.dirty.zero.insert_range(blocks.clone());
-        m.dirty.data.remove_range(blocks);
+    /// Splits `count` blocks from `first` into runs held here in consecutive
+    /// slots, and runs not held as data here.
+    fn plan(&self, first: u32, count: u32) -> Vec<Piece> {
+        let m = self.map.read();
+        let mut pieces = Vec::new();
+        let end = u64::from(first) + u64::from(count);
+        let mut block = u64::from(first);
+        while block < end {
+            let b = block as u32;
+            let left = (end - block) as u32;
+            match m.alloc.slots.run_at(b) {
+                Some((slot, n)) => {
+                    let len = n.min(left);
+                    pieces.push(Piece {
+                        block: b,
+                        len,
+                        slot: Some(slot),
+                    });
+                    block += u64::from(len);
+                }
+                None => {
+                    // Up to the next block held as data.
+                    let next = if left == 1 {
+                        end
+                    } else {
+                        m.alloc
+                            .slots
+                            .iter_from(b)
+                            .next()
+                            .map_or(end, |e| u64::from(e.block).min(end))
+                    };
+                    let len = (next.max(block + 1) - block).min(u64::from(left)) as u32;
+                    match pieces.last_mut() {
+                        Some(p) if p.slot.is_none() => p.len += len,
+                        _ => pieces.push(Piece {
+                            block: b,
+                            len,
+                            slot: None,
+                        }),
+                    }
+                    block += u64::from(len);
+                }
+            }
+        }
+        pieces
     }
 
-    /// Adds blocks copied in by a merge: `data` now in the file, `zero` zeros.
-    pub fn mark_merged(&self, data: &RoaringBitmap, zero: &RoaringBitmap) {
-        let mut m = self.map.write();
-        let delta = MapDelta {
-            data: data.clone(),
-            zero: zero.clone(),
+    /// Hands out `n` slots: free ones first, then new ones at the end of the
+    /// file, reserving space ahead. Returns runs `(slot, len)`.
+    fn alloc(&self, m: &mut LayerMap, n: u32) -> io::Result<Vec<(u32, u32)>> {
+        let mut out = Vec::new();
+        let mut need = n;
+        while need > 0
+            && let Some(s) = m.free.min()
+        {
+            let mut len = 1u32;
+            while len < need && s.checked_add(len).is_some_and(|x| m.free.contains(x)) {
+                len += 1;
+            }
+            m.free.remove_range(s..=s + (len - 1));
+            out.push((s, len));
+            need -= len;
+        }
+        if need > 0 {
+            let s = m.next_slot;
+            if s + u64::from(need) > SLOT_LIMIT {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    format!("{} has no free slot left", self.id),
+                ));
+            }
+            m.next_slot += u64::from(need);
+            if m.next_slot > m.reserved_end {
+                let ahead = (m.next_slot / 8).clamp(PREALLOC_MIN, PREALLOC_MAX);
+                let to = (m.next_slot + ahead).min(SLOT_LIMIT);
+                // Advisory: without the reservation writes still work, slower.
+                if let Err(e) = self.data.preallocate(
+                    m.reserved_end * BLOCK_SIZE,
+                    (to - m.reserved_end) * BLOCK_SIZE,
+                ) {
+                    tracing::debug!(layer = %self.id, error = %e, "reserving space ahead failed");
+                }
+                m.reserved_end = to;
+            }
+            out.push((s as u32, need));
+        }
+        Ok(out)
+    }
+
+    /// Writes `bytes` at byte `at` of block `block` in place, when this layer
+    /// holds the block as data; returns false (writing nothing) otherwise.
+    pub fn write_in_block(&self, block: u32, at: u64, bytes: &[u8]) -> io::Result<bool> {
+        self.check()?;
+        let Some(slot) = self.map.read().alloc.slots.get(block) else {
+            return Ok(false);
         };
-        m.alloc.apply(&delta);
-        m.dirty.data -= zero;
-        m.dirty.zero -= data;
-        m.dirty.data |= data;
-        m.dirty.zero |= zero;
-    }
-
-    pub fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.data.read_at(buf, offset)
-    }
-
-    pub fn write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.check()?;
-        match self.data.write_at(buf, offset) {
-            Ok(()) => Ok(()),
+        match self.data.write_at(bytes, slot_offset(slot) + at) {
+            Ok(()) => Ok(true),
             Err(e) => self.fail(e),
         }
     }
 
-    /// Gives the space of a range back; the range must already be marked zero
-    /// (or be absent), since its bytes are not read again.
-    pub fn punch(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.check()?;
-        match self.data.punch_hole(offset, len) {
-            Ok(()) => Ok(()),
-            Err(e) => self.fail(e),
+    /// Records that `len` blocks from `first` now read as zeros here; their
+    /// slots' space comes back at the next [`persist`](Self::persist).
+    pub fn zero_blocks(&self, first: u32, len: u32) {
+        if len == 0 {
+            return;
         }
+        let mut m = self.map.write();
+        for old in m.alloc.slots.remove(first, len) {
+            m.freed.insert_range(old.slot..=old.slot + (old.len - 1));
+        }
+        let range = first..=first + (len - 1);
+        m.alloc.present.insert_range(range.clone());
+        m.alloc.zeroed.insert_range(range.clone());
+        m.touched.insert_range(range);
     }
 
-    pub fn set_len(&self, len: u64) -> io::Result<()> {
+    /// Lets slots retired by earlier persists take new blocks. Call only
+    /// with no I/O on this layer in flight (under the owner's barrier).
+    pub fn reuse_retired(&self) {
+        let mut m = self.map.write();
+        let retired = std::mem::take(&mut m.retired);
+        m.free |= retired;
+    }
+
+    /// Whether slots wait for [`reuse_retired`](Self::reuse_retired).
+    pub fn has_retired(&self) -> bool {
+        !self.map.read().retired.is_empty()
+    }
+
+    /// Gives back the space reserved past the last slot (a layer that stops
+    /// taking writes).
+    pub fn release_reserve(&self) -> io::Result<()> {
         self.check()?;
-        match self.data.set_len(len) {
-            Ok(()) => Ok(()),
-            Err(e) => self.fail(e),
+        let mut m = self.map.write();
+        if m.reserved_end > m.next_slot {
+            if let Err(e) = self.data.set_len(m.next_slot * BLOCK_SIZE) {
+                return self.fail(e);
+            }
+            m.reserved_end = m.next_slot;
         }
+        Ok(())
     }
 
     /// Makes every write completed so far durable: sync the data, then
-    /// append the map changes to the journal and sync it.
+    /// append the map changes to the journal and sync it; then give back
+    /// the space of slots the journal no longer names.
     pub fn persist(&self) -> io::Result<()> {
         let mut j = self.journal.lock();
         self.check()?;
-        let delta = std::mem::take(&mut self.map.write().dirty);
+        // Every block mapped now had its data written before it was mapped,
+        // so the sync below covers whatever this delta names.
+        let (delta, freed) = {
+            let mut m = self.map.write();
+            let touched = std::mem::take(&mut m.touched);
+            (delta_of(&m.alloc, &touched), std::mem::take(&mut m.freed))
+        };
         if let Err(e) = self.data.sync_data() {
             return self.fail(e);
         }
-        if delta.is_empty() {
-            return Ok(());
+        if !delta.is_empty() {
+            let record = journal::encode_record(j.seq + 1, &delta);
+            if let Err(e) = j
+                .file
+                .write_at(&record, j.end)
+                .and_then(|_| j.file.sync_data())
+            {
+                return self.fail(e);
+            }
+            j.seq += 1;
+            j.end += record.len() as u64;
         }
-        let record = journal::encode_record(j.seq + 1, &delta);
-        if let Err(e) = j
-            .file
-            .write_at(&record, j.end)
-            .and_then(|_| j.file.sync_data())
-        {
-            return self.fail(e);
-        }
-        j.seq += 1;
-        j.end += record.len() as u64;
+        self.retire(freed);
         if j.end > 2 * j.compacted_len + COMPACT_SLACK {
             self.compact_locked(&mut j)?;
         }
         Ok(())
+    }
+
+    /// Punches the slots no durable record names and queues them for reuse.
+    fn retire(&self, freed: RoaringBitmap) {
+        if freed.is_empty() {
+            return;
+        }
+        for (slot, len) in journal::runs(freed.iter()) {
+            if let Err(e) = self
+                .data
+                .punch_hole(slot_offset(slot), u64::from(len) * BLOCK_SIZE)
+            {
+                // The slot is reused all the same; only its space waits.
+                tracing::debug!(layer = %self.id, error = %e, "punching freed slots failed");
+            }
+        }
+        self.map.write().retired |= freed;
     }
 
     /// Persists, then rewrites the journal as one record.
@@ -281,10 +554,10 @@ impl Layer {
     }
 
     fn compact_locked(&self, j: &mut Journal) -> io::Result<()> {
-        let full = {
+        let (full, freed) = {
             let mut m = self.map.write();
-            m.dirty = MapDelta::default();
-            m.alloc.as_delta()
+            m.touched = RoaringBitmap::new();
+            (m.alloc.as_delta(), std::mem::take(&mut m.freed))
         };
         let result = (|| {
             self.data.sync_data()?;
@@ -304,6 +577,7 @@ impl Layer {
                 j.seq += 1;
                 j.end = len;
                 j.compacted_len = len;
+                self.retire(freed);
                 Ok(())
             }
             Err(e) => self.fail(e),
@@ -316,6 +590,41 @@ impl Layer {
         storage.remove_file(&map_name(id))?;
         storage.remove_file(&map_tmp_name(id))
     }
+}
+
+/// The record that brings a journal up to date with `alloc` for `touched`
+/// blocks: each one's current slot, or zero.
+fn delta_of(alloc: &AllocMap, touched: &RoaringBitmap) -> MapDelta {
+    let mut delta = MapDelta {
+        zero: touched & &alloc.zeroed,
+        ..MapDelta::default()
+    };
+    for (first, len) in journal::runs(touched.iter()) {
+        let end = u64::from(first) + u64::from(len);
+        let mut b = u64::from(first);
+        while b < end {
+            match alloc.slots.run_at(b as u32) {
+                Some((slot, n)) => {
+                    let take = u64::from(n).min(end - b);
+                    delta.data.insert(Extent {
+                        block: b as u32,
+                        slot,
+                        len: take as u32,
+                    });
+                    b += take;
+                }
+                // Zeros: on to the next block holding data.
+                None => {
+                    b = alloc
+                        .slots
+                        .iter_from(b as u32)
+                        .next()
+                        .map_or(end, |e| u64::from(e.block).clamp(b + 1, end));
+                }
+            }
+        }
+    }
+    delta
 }
 
 pub(crate) fn state_in(alloc: &AllocMap, block: u32) -> BlockState {

@@ -151,4 +151,9 @@ impl StorageFile for FaultFile {
         self.gate()?;
         self.inner.set_len(len)
     }
+
+    fn preallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.gate()?;
+        self.inner.preallocate(offset, len)
+    }
 }

@@ -124,22 +124,13 @@ impl StorageFile for FsFile {
         if len == 0 {
             return Ok(());
         }
-        let (Ok(off), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
-        };
-        // SAFETY: fallocate on a file descriptor we own; no memory is passed.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                off,
-                length,
-            )
-        };
-        if rc == 0 {
+        let Err(err) = self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        ) else {
             return Ok(());
-        }
-        let err = io::Error::last_os_error();
+        };
         if err.raw_os_error() == Some(libc::EOPNOTSUPP) {
             // The file system cannot punch; write zeros instead so the range
             // still reads as zeros (callers rely only on that).
@@ -161,5 +152,27 @@ impl StorageFile for FsFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
+    }
+
+    fn preallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.fallocate(libc::FALLOC_FL_KEEP_SIZE, offset, len)
+    }
+}
+
+impl FsFile {
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let (Ok(off), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: fallocate on a file descriptor we own; no memory is passed.
+        let rc = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off, length) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }

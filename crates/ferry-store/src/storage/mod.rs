@@ -48,4 +48,12 @@ pub trait StorageFile: Send + Sync + Debug + 'static {
     fn len(&self) -> io::Result<u64>;
     /// Sets the file's length; new bytes read as zeros.
     fn set_len(&self, len: u64) -> io::Result<()>;
+    /// Reserves space for `offset..offset+len` without changing the length
+    /// or what reads return (`fallocate(FALLOC_FL_KEEP_SIZE)`); advisory.
+    /// Shrinking the file with [`set_len`](Self::set_len), even to its
+    /// current length, gives back what lies past the end.
+    fn preallocate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Ok(())
+    }
 }
