@@ -383,3 +383,104 @@ fn a_cancelled_reclaim_resumes_at_open() {
     want[..4096].copy_from_slice(&pattern(8, 4096));
     assert_eq!(read(&store, "v", 0, want.len()), want);
 }
+
+/// Rewrites every layer of a closed store in format 1 (data addressed like
+/// the volume, maps of bitmaps), as ferry wrote them before packed layers.
+fn downgrade_to_format_1(storage: &MemStorage) {
+    use ferry_store::layer::journal;
+    for name in storage.list_dir("layers").unwrap() {
+        let Some(stem) = name.strip_suffix(".map") else {
+            continue;
+        };
+        let map_name = format!("layers/{name}");
+        let data_name = format!("layers/{stem}.data");
+        let mapfile = storage.open_file(&map_name, false).unwrap();
+        let mut bytes = vec![0u8; mapfile.len().unwrap() as usize];
+        mapfile.read_at(&mut bytes, 0).unwrap();
+        let decoded = journal::decode(&bytes).unwrap();
+        assert_eq!(decoded.version, journal::MAP_VERSION);
+        let data = storage.open_file(&data_name, false).unwrap();
+        let mut blocks = Vec::new();
+        for e in decoded.map.slots.iter() {
+            for i in 0..e.len {
+                let mut buf = vec![0u8; 4096];
+                data.read_at(&mut buf, u64::from(e.slot + i) * 4096)
+                    .unwrap();
+                blocks.push((e.block + i, buf));
+            }
+        }
+        data.set_len(0).unwrap();
+        for (b, buf) in &blocks {
+            data.write_at(buf, u64::from(*b) * 4096).unwrap();
+        }
+        data.sync_data().unwrap();
+        let mut file =
+            journal::encode_header_version(decoded.layer, journal::MAP_VERSION_1).to_vec();
+        let data_blocks = &decoded.map.present - &decoded.map.zeroed;
+        file.extend(journal::encode_record_v1(
+            1,
+            &data_blocks,
+            &decoded.map.zeroed,
+        ));
+        mapfile.set_len(0).unwrap();
+        mapfile.write_at(&file, 0).unwrap();
+        mapfile.sync_data().unwrap();
+    }
+}
+
+/// A store whose layers are in format 1 opens, reads the same, rewrites its
+/// maps in format 2 and goes on taking writes, snapshots and deletions.
+#[test]
+fn a_format_1_store_opens_reads_and_moves_on() {
+    let (storage, store) = mem_store();
+    store.create_volume("v", MIB).unwrap();
+    store.create_group("g", &[("data", "v")]).unwrap();
+    let v = store.volume("v").unwrap();
+    v.write(&pattern(1, 64 * 1024), 128 * 1024, false).unwrap();
+    v.write(&pattern(2, 8192), 0, false).unwrap();
+    v.write_zeroes(4096, 4096, false).unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s", SnapshotKind::Crash)
+        .unwrap();
+    v.write(&pattern(3, 3 * 4096), 130 * 1024, false).unwrap();
+    store.flush_all().unwrap();
+    let live = read(&store, "v", 0, MIB as usize);
+    let snap = snapshot_bytes(&store, "g", "s", MIB as usize);
+    drop((v, store));
+
+    downgrade_to_format_1(&storage);
+    let store = Store::open_storage(storage.clone()).unwrap();
+    assert_eq!(read(&store, "v", 0, MIB as usize), live);
+    assert_eq!(snapshot_bytes(&store, "g", "s", MIB as usize), snap);
+    for name in storage.list_dir("layers").unwrap() {
+        if name.ends_with(".map") {
+            let f = storage.open_file(&format!("layers/{name}"), false).unwrap();
+            let mut b = vec![0u8; f.len().unwrap() as usize];
+            f.read_at(&mut b, 0).unwrap();
+            let d = ferry_store::layer::journal::decode(&b).unwrap();
+            assert_eq!(
+                d.version,
+                ferry_store::layer::journal::MAP_VERSION,
+                "{name}"
+            );
+        }
+    }
+    // Writes after the conversion, a new snapshot, the old one deleted (a
+    // merge of a converted layer into the live head), a reopen.
+    let v = store.volume("v").unwrap();
+    v.write(&pattern(4, 4096), 0, false).unwrap();
+    v.write(&pattern(5, 4096), 900 * 1024, false).unwrap();
+    let mut want = live.clone();
+    want[..4096].copy_from_slice(&pattern(4, 4096));
+    want[900 * 1024..904 * 1024].copy_from_slice(&pattern(5, 4096));
+    store
+        .create_snapshot(Target::Group("g"), "t", SnapshotKind::Crash)
+        .unwrap();
+    store.delete_snapshot(Target::Group("g"), "s").unwrap();
+    store.flush_all().unwrap();
+    assert_eq!(read(&store, "v", 0, MIB as usize), want);
+    drop((v, store));
+    let store = Store::open_storage(storage).unwrap();
+    assert_eq!(read(&store, "v", 0, MIB as usize), want);
+    assert_eq!(snapshot_bytes(&store, "g", "t", MIB as usize), want);
+}
