@@ -6,17 +6,21 @@
 //! for all sealed layers at once: per 64 Ki-block container of the volume it
 //! records either that no sealed layer has a block there, that exactly one
 //! layer does (then only that layer is asked), or a dense byte per block
-//! naming the layer that defines it and whether it is zeros.
+//! naming the layer that defines it and whether it is zeros — with, while
+//! the resolver's memory stays under [`SLOT_BUDGET`], the slot of each data
+//! block, so a read asks no layer at all.
 //!
 //! Invariant: a resolver is valid while its chain is unchanged. Sealed layers
 //! change only by merges, which copy a parent's blocks into its child without
-//! changing what any block reads, so a resolver built before or during a
-//! merge stays correct until the merge's commit changes the chain — and every
-//! chain change drops the resolver.
+//! changing what any block reads (or any slot a block already has), so a
+//! resolver built before or during a merge stays correct until the merge's
+//! commit changes the chain — and every chain change drops the resolver.
 
 use std::sync::Arc;
 
-use crate::layer::{BlockState, Layer, state_in};
+use crate::layer::journal::AllocMap;
+use crate::layer::slots::Extent;
+use crate::layer::{BlockState, Layer};
 
 /// Blocks per container: the high 16 bits of a block index pick one.
 const CONTAINER_BITS: u32 = 16;
@@ -27,12 +31,17 @@ const ZERO_BIT: u8 = 0x80;
 const MAX_LAYERS: usize = 127;
 /// Below this many sealed layers, asking each one is as fast.
 const MIN_SEALED: usize = 2;
+/// Most bytes a resolver spends on slots (4 per block of a dense container).
+pub(crate) const SLOT_BUDGET: usize = 256 << 20;
 
 #[derive(Debug)]
 enum Slot {
     Empty,
     One(usize),
-    Dense(Box<[u8]>),
+    Dense {
+        tags: Box<[u8]>,
+        slots: Option<Box<[u32]>>,
+    },
 }
 
 /// Which sealed layer defines each block, for `layers[first..]` of one chain.
@@ -65,6 +74,7 @@ impl Resolver {
                 }
             });
         }
+        let mut budget = SLOT_BUDGET;
         let slots = holders
             .into_iter()
             .enumerate()
@@ -72,20 +82,29 @@ impl Resolver {
                 [] => Slot::Empty,
                 [only] => Slot::One(*only),
                 _ => {
-                    let mut dense = vec![0u8; CONTAINER_BLOCKS].into_boxed_slice();
+                    let mut tags = vec![0u8; CONTAINER_BLOCKS].into_boxed_slice();
+                    let slot_bytes = CONTAINER_BLOCKS * 4;
+                    let mut slots = (budget >= slot_bytes).then(|| {
+                        budget -= slot_bytes;
+                        vec![0u32; CONTAINER_BLOCKS].into_boxed_slice()
+                    });
                     // Oldest first, so newer layers overwrite.
+                    let lo = (c << CONTAINER_BITS) as u32;
                     for &i in h.iter().rev() {
                         let tag = (i - first + 1) as u8;
                         layers[i].with_map(|m| {
                             for b in m.present.range(container_range(c)) {
-                                dense[b as usize & (CONTAINER_BLOCKS - 1)] = tag;
+                                tags[(b - lo) as usize] = tag;
                             }
                             for b in m.zeroed.range(container_range(c)) {
-                                dense[b as usize & (CONTAINER_BLOCKS - 1)] = tag | ZERO_BIT;
+                                tags[(b - lo) as usize] = tag | ZERO_BIT;
+                            }
+                            if let Some(slots) = slots.as_mut() {
+                                fill_slots(m, c, slots);
                             }
                         });
                     }
-                    Slot::Dense(dense)
+                    Slot::Dense { tags, slots }
                 }
             })
             .collect();
@@ -97,29 +116,61 @@ impl Resolver {
         self.first
     }
 
-    /// Where `block` comes from within the covered layers; `None` when the
-    /// block lies beyond what the resolver was built for.
-    pub fn lookup(&self, layers: &[Arc<Layer>], block: u32) -> Option<(usize, BlockState)> {
-        let absent = (layers.len(), BlockState::Absent);
+    /// Where `block` comes from within the covered layers, and for data
+    /// its slot when known here; `None` when the block lies beyond what the
+    /// resolver was built for.
+    pub fn lookup(
+        &self,
+        layers: &[Arc<Layer>],
+        block: u32,
+    ) -> Option<(usize, BlockState, Option<u32>)> {
+        let absent = (layers.len(), BlockState::Absent, None);
         Some(match self.slots.get((block >> CONTAINER_BITS) as usize)? {
             Slot::Empty => absent,
-            Slot::One(i) => match layers[*i].with_map(|m| state_in(m, block)) {
-                BlockState::Absent => absent,
-                st => (*i, st),
+            Slot::One(i) => match layers[*i].lookup(block) {
+                (BlockState::Absent, _) => absent,
+                (st, run) => (*i, st, run.map(|(slot, _)| slot)),
             },
-            Slot::Dense(d) => match d[block as usize & (CONTAINER_BLOCKS - 1)] {
-                0 => absent,
-                tag => {
-                    let i = self.first + (tag & !ZERO_BIT) as usize - 1;
-                    let st = if tag & ZERO_BIT != 0 {
-                        BlockState::Zero
-                    } else {
-                        BlockState::Data
-                    };
-                    (i, st)
+            Slot::Dense { tags, slots } => {
+                let at = block as usize & (CONTAINER_BLOCKS - 1);
+                match tags[at] {
+                    0 => absent,
+                    tag if tag & ZERO_BIT != 0 => (
+                        self.first + (tag & !ZERO_BIT) as usize - 1,
+                        BlockState::Zero,
+                        None,
+                    ),
+                    tag => (
+                        self.first + tag as usize - 1,
+                        BlockState::Data,
+                        slots.as_ref().map(|s| s[at]),
+                    ),
                 }
-            },
+            }
         })
+    }
+}
+
+/// Writes the slot of every data block of container `c` held by `m`.
+fn fill_slots(m: &AllocMap, c: usize, slots: &mut [u32]) {
+    let lo = (c << CONTAINER_BITS) as u64;
+    let hi = lo + CONTAINER_BLOCKS as u64;
+    // The extent that may start before the container, then those inside.
+    let first = m.slots.run_at(lo as u32).map(|(slot, n)| Extent {
+        block: lo as u32,
+        slot,
+        len: n,
+    });
+    for e in first.into_iter().chain(
+        m.slots
+            .iter_from(lo as u32)
+            .take_while(|e| u64::from(e.block) < hi)
+            .filter(|e| u64::from(e.block) > lo),
+    ) {
+        let end = (u64::from(e.block) + u64::from(e.len)).min(hi);
+        for b in u64::from(e.block)..end {
+            slots[(b - lo) as usize] = e.slot + (b - u64::from(e.block)) as u32;
+        }
     }
 }
 
@@ -170,11 +221,11 @@ mod tests {
                 let slow = layers[first..]
                     .iter()
                     .enumerate()
-                    .find_map(|(i, l)| match l.state(b) {
-                        BlockState::Absent => None,
-                        st => Some((i + first, st)),
+                    .find_map(|(i, l)| match l.lookup(b) {
+                        (BlockState::Absent, _) => None,
+                        (st, run) => Some((i + first, st, run.map(|(s, _)| s))),
                     })
-                    .unwrap_or((layers.len(), BlockState::Absent));
+                    .unwrap_or((layers.len(), BlockState::Absent, None));
                 assert_eq!(r.lookup(&layers, b), Some(slow), "block {b} first {first}");
             }
             assert_eq!(r.lookup(&layers, blocks + CONTAINER_BLOCKS as u32), None);

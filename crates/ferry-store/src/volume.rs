@@ -133,18 +133,26 @@ impl Volume {
 }
 
 /// Where a block comes from: the layer's index in the chain (the chain's
-/// length when none defines it), in what form, and — when the lookup found
-/// it on the way — the data's slot and run of slots.
+/// length when none defines it), in what form, and for data the slot, when
+/// the lookup found it on the way.
 #[derive(Clone, Copy, Debug)]
 struct Source {
     layer: usize,
     state: BlockState,
-    run: Option<(u32, u32)>,
+    slot: Option<u32>,
 }
 
 impl Source {
-    fn same(&self, other: &Source) -> bool {
-        self.layer == other.layer && self.state == other.state
+    /// Whether `next`, the source of the block `k` blocks on, continues this
+    /// one: same layer and form, and for data the slot `k` slots on.
+    fn continued_by(&self, next: &Source, k: u32) -> bool {
+        self.layer == next.layer
+            && self.state == next.state
+            && match (self.state, self.slot, next.slot) {
+                (BlockState::Data, Some(a), Some(b)) => a.checked_add(k) == Some(b),
+                (BlockState::Data, _, _) => false,
+                _ => true,
+            }
     }
 }
 
@@ -161,24 +169,24 @@ fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> So
                 (state, run) => Some(Source {
                     layer: from + i,
                     state,
-                    run,
+                    slot: run.map(|(slot, _)| slot),
                 }),
             })
     };
     if let Some(found) = scan(0, scan_to) {
         return found;
     }
-    if let Some((layer, state)) = resolver.and_then(|r| r.lookup(layers, block)) {
-        return Source {
-            layer,
-            state,
-            run: None,
+    if let Some((layer, state, slot)) = resolver.and_then(|r| r.lookup(layers, block)) {
+        let slot = match (state, slot) {
+            (BlockState::Data, None) => layers[layer].run_at(block).map(|(s, _)| s),
+            _ => slot,
         };
+        return Source { layer, state, slot };
     }
     scan(scan_to, layers.len()).unwrap_or(Source {
         layer: layers.len(),
         state: BlockState::Absent,
-        run: None,
+        slot: None,
     })
 }
 
@@ -195,29 +203,23 @@ fn read_chain(
     while pos < end {
         let block = (pos / BLOCK_SIZE) as u32;
         let source = resolve(layers, resolver, block);
-        let run = match source.state {
-            BlockState::Data => source.run.or_else(|| layers[source.layer].run_at(block)),
-            _ => None,
-        };
-        // Blocks after this one join the read while they come from the same
-        // place (and, for data, from the slots that follow).
-        let limit = match run {
-            Some((_, n)) => u64::from(block) + u64::from(n),
-            None if source.state == BlockState::Data => u64::from(block) + 1, // a racing trim
-            None => u64::MAX,
-        };
         let mut next = u64::from(block) + 1;
-        while next < limit
-            && next * BLOCK_SIZE < end
-            && resolve(layers, resolver, next as u32).same(&source)
+        while next * BLOCK_SIZE < end
+            && source.continued_by(
+                &resolve(layers, resolver, next as u32),
+                (next - u64::from(block)) as u32,
+            )
         {
             next += 1;
         }
         let run_end = end.min(next * BLOCK_SIZE);
         let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
-        match run {
-            Some((slot, _)) => layers[source.layer].read_slots(out, slot, pos % BLOCK_SIZE)?,
-            None => out.fill(0),
+        match (source.state, source.slot) {
+            (BlockState::Data, Some(slot)) => {
+                layers[source.layer].read_slots(out, slot, pos % BLOCK_SIZE)?
+            }
+            // Zeros, nothing, or data zeroed by a racing trim.
+            _ => out.fill(0),
         }
         pos = run_end;
     }
