@@ -17,6 +17,7 @@
 //! commit changes the chain — and every chain change drops the resolver.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::layer::journal::AllocMap;
 use crate::layer::slots::Extent;
@@ -31,8 +32,20 @@ const ZERO_BIT: u8 = 0x80;
 const MAX_LAYERS: usize = 127;
 /// Below this many sealed layers, asking each one is as fast.
 const MIN_SEALED: usize = 2;
-/// Most bytes a resolver spends on slots (4 per block of a dense container).
+/// Most bytes all resolvers together spend on slots (4 per block of a
+/// dense container); past it, reads ask the layer for the slot.
 pub(crate) const SLOT_BUDGET: usize = 256 << 20;
+/// Bytes of slots held by live resolvers.
+static SLOT_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Takes `n` bytes of the slot budget, if that many are left.
+fn take_slot_bytes(n: usize) -> bool {
+    SLOT_BYTES
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+            (used + n <= SLOT_BUDGET).then_some(used + n)
+        })
+        .is_ok()
+}
 
 #[derive(Debug)]
 enum Slot {
@@ -49,6 +62,14 @@ enum Slot {
 pub(crate) struct Resolver {
     first: usize,
     slots: Vec<Slot>,
+    /// Bytes of the slot budget this resolver holds.
+    slot_bytes: usize,
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        SLOT_BYTES.fetch_sub(self.slot_bytes, Ordering::Relaxed);
+    }
 }
 
 impl Resolver {
@@ -74,7 +95,7 @@ impl Resolver {
                 }
             });
         }
-        let mut budget = SLOT_BUDGET;
+        let mut slot_bytes = 0;
         let slots = holders
             .into_iter()
             .enumerate()
@@ -83,9 +104,9 @@ impl Resolver {
                 [only] => Slot::One(*only),
                 _ => {
                     let mut tags = vec![0u8; CONTAINER_BLOCKS].into_boxed_slice();
-                    let slot_bytes = CONTAINER_BLOCKS * 4;
-                    let mut slots = (budget >= slot_bytes).then(|| {
-                        budget -= slot_bytes;
+                    let bytes = CONTAINER_BLOCKS * 4;
+                    let mut slots = take_slot_bytes(bytes).then(|| {
+                        slot_bytes += bytes;
                         vec![0u32; CONTAINER_BLOCKS].into_boxed_slice()
                     });
                     // Oldest first, so newer layers overwrite.
@@ -108,7 +129,11 @@ impl Resolver {
                 }
             })
             .collect();
-        Some(Resolver { first, slots })
+        Some(Resolver {
+            first,
+            slots,
+            slot_bytes,
+        })
     }
 
     /// Index of the first layer this resolver covers.

@@ -1292,6 +1292,17 @@ impl Store {
             progress.add_done(chunk.len() as u64);
         }
         dst.persist().map_err(io_err("merging into", into))?;
+        let into_is_head = self
+            .inner
+            .volumes
+            .read()
+            .values()
+            .any(|v| v.state.read().head().id == into);
+        if !into_is_head {
+            // A sealed layer takes no more writes after this merge.
+            dst.release_reserve()
+                .map_err(io_err("merging into", into))?;
+        }
         {
             let mut cat = self.catalog();
             let parent = cat.state.layers.get(&from).and_then(|l| l.parent);

@@ -402,6 +402,8 @@ fn crash_child() {
     let seed = parse_seed(seed).expect("FERRY_CRASH_CHILD has a numeric seed");
     // The harness may have printed "test crash_child ... " without a newline.
     println!();
+    // Small map records, so a kill can tear a change written as many.
+    ferry_store::layer::journal::set_record_extents_for_tests(8);
     run_child(Path::new(dir), seed);
 }
 

@@ -1087,6 +1087,9 @@ proptest! {
         sizes in [8..=64usize, 8..=64usize, 8..=32usize],
         ops in proptest::collection::vec(op(), 1..=40),
     ) {
+        // Map records of at most 2 extents: persist, compaction and open
+        // then write and replay many records per change.
+        ferry_store::layer::journal::set_record_extents_for_tests(2);
         let mut h = Harness::new(sizes)?;
         for (i, op) in ops.iter().enumerate() {
             h.run(op).map_err(|e| TestCaseError::fail(format!("op {i} {op:?}: {e}")))?;

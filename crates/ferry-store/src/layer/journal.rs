@@ -17,6 +17,7 @@
 //! fuzzed (`fuzz/fuzz_targets/map_journal.rs`).
 
 use roaring::RoaringBitmap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::slots::{Extent, SlotMap};
 use crate::types::LayerId;
@@ -38,6 +39,10 @@ pub const RECORD_HEADER_LEN: usize = 24;
 pub const MAX_PART_BYTES: usize = 1 << 30;
 /// Bytes of one extent in a format-2 record: block, slot, length.
 pub const EXTENT_LEN: usize = 12;
+/// Most extents one record carries (48 MiB); a larger change is written as
+/// several records. (A full 16 TiB zero bitmap serializes to 512 MiB, under
+/// [`MAX_PART_BYTES`].)
+pub const MAX_RECORD_EXTENTS: usize = 1 << 22;
 
 const H_MAGIC: usize = 0;
 const H_VERSION: usize = H_MAGIC + 8;
@@ -179,6 +184,8 @@ pub enum HeaderError {
     BlockSize(u32),
     #[error("header checksum mismatch")]
     Checksum,
+    #[error("the record at byte {at} claims a part larger than any record ferry writes")]
+    Oversized { at: usize },
 }
 
 fn le_u32(b: &[u8], at: usize) -> u32 {
@@ -208,22 +215,72 @@ pub fn encode_header_version(layer: LayerId, version: u32) -> [u8; HEADER_LEN] {
     h
 }
 
-/// One format-2 record carrying `delta`, numbered `seq`.
-pub fn encode_record(seq: u64, delta: &MapDelta) -> Vec<u8> {
-    let data_len = delta.data.extents() * EXTENT_LEN;
-    let zero_len = delta.zero.serialized_size();
-    let mut out = vec![0u8; RECORD_HEADER_LEN];
-    out.reserve(data_len + zero_len);
-    for e in delta.data.iter() {
-        out.extend_from_slice(&e.block.to_le_bytes());
-        out.extend_from_slice(&e.slot.to_le_bytes());
-        out.extend_from_slice(&e.len.to_le_bytes());
+/// The extents per record layers write: [`MAX_RECORD_EXTENTS`], lowered by
+/// tests through [`set_record_extents_for_tests`].
+static RECORD_EXTENTS: AtomicUsize = AtomicUsize::new(MAX_RECORD_EXTENTS);
+
+/// Makes every layer of this process split its map records after `n`
+/// extents, so tests with small volumes take the many-record paths.
+#[doc(hidden)]
+pub fn set_record_extents_for_tests(n: usize) {
+    RECORD_EXTENTS.store(n.clamp(1, MAX_RECORD_EXTENTS), Ordering::Relaxed);
+}
+
+/// Format-2 records carrying `delta`, numbered from `first_seq`: one, or
+/// several when it holds more than [`MAX_RECORD_EXTENTS`] extents (the zero
+/// bitmap goes in the last). Returns the bytes and the number of records.
+/// Replaying a prefix of them (a torn append) leaves a consistent map: each
+/// block reads its old or its new state.
+pub fn encode_records(first_seq: u64, delta: &MapDelta) -> (Vec<u8>, u64) {
+    encode_records_by(first_seq, delta, RECORD_EXTENTS.load(Ordering::Relaxed))
+}
+
+/// [`encode_records`] with at most `max_extents` extents per record.
+pub fn encode_records_by(first_seq: u64, delta: &MapDelta, max_extents: usize) -> (Vec<u8>, u64) {
+    let max_extents = max_extents.max(1);
+    let mut out = Vec::new();
+    let mut seq = first_seq;
+    let mut extents = delta.data.iter().peekable();
+    loop {
+        let mut body = vec![0u8; RECORD_HEADER_LEN];
+        let mut n = 0;
+        while n < max_extents
+            && let Some(e) = extents.next()
+        {
+            body.extend_from_slice(&e.block.to_le_bytes());
+            body.extend_from_slice(&e.slot.to_le_bytes());
+            body.extend_from_slice(&e.len.to_le_bytes());
+            n += 1;
+        }
+        let data_len = n * EXTENT_LEN;
+        let last = extents.peek().is_none();
+        let zero_len = if last {
+            let len = delta.zero.serialized_size();
+            delta
+                .zero
+                .serialize_into(&mut body)
+                .expect("writing to a Vec cannot fail");
+            len
+        } else {
+            RoaringBitmap::new()
+                .serialize_into(&mut body)
+                .expect("writing to a Vec cannot fail");
+            RoaringBitmap::new().serialized_size()
+        };
+        assert!(data_len <= MAX_PART_BYTES && zero_len <= MAX_PART_BYTES);
+        out.extend(seal_record(body, seq, data_len, zero_len));
+        seq += 1;
+        if last {
+            return (out, seq - first_seq);
+        }
     }
-    delta
-        .zero
-        .serialize_into(&mut out)
-        .expect("writing to a Vec cannot fail");
-    seal_record(out, seq, data_len, zero_len)
+}
+
+/// One format-2 record carrying `delta` (which must fit one), numbered `seq`.
+pub fn encode_record(seq: u64, delta: &MapDelta) -> Vec<u8> {
+    let (bytes, records) = encode_records_by(seq, delta, MAX_RECORD_EXTENTS);
+    assert_eq!(records, 1, "a delta too large for one record");
+    bytes
 }
 
 /// A format-1 record: data blocks as a bitmap (their slots are their numbers).
@@ -290,7 +347,9 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedMap, HeaderError> {
         last_seq: 0,
     };
     let mut pos = HEADER_LEN;
-    while let Some((seq, delta, len)) = decode_record(&bytes[pos..], version) {
+    while let Some((seq, delta, len)) =
+        decode_record(&bytes[pos..], version).map_err(|()| HeaderError::Oversized { at: pos })?
+    {
         if seq <= out.last_seq {
             break; // records are numbered upwards; anything else is stale
         }
@@ -302,16 +361,29 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedMap, HeaderError> {
     Ok(out)
 }
 
-/// One record from the front of `bytes`: its number, contents and length.
-fn decode_record(bytes: &[u8], version: u32) -> Option<(u64, MapDelta, usize)> {
+/// One record from the front of `bytes`: its number, contents and length;
+/// `None` at the end of the journal (nothing more, or a torn record); an
+/// error for a record that claims a part no writer makes (corruption, not a
+/// torn append: dropping it and what follows would lose flushed blocks).
+#[allow(clippy::type_complexity)]
+fn decode_record(bytes: &[u8], version: u32) -> Result<Option<(u64, MapDelta, usize)>, ()> {
     if bytes.len() < RECORD_HEADER_LEN || le_u32(bytes, R_MAGIC) != RECORD_MAGIC {
-        return None;
+        return Ok(None);
     }
     let data_len = le_u32(bytes, R_DATA_LEN) as usize;
     let zero_len = le_u32(bytes, R_ZERO_LEN) as usize;
     if data_len > MAX_PART_BYTES || zero_len > MAX_PART_BYTES {
-        return None;
+        return Err(());
     }
+    Ok(decode_record_parts(bytes, version, data_len, zero_len))
+}
+
+fn decode_record_parts(
+    bytes: &[u8],
+    version: u32,
+    data_len: usize,
+    zero_len: usize,
+) -> Option<(u64, MapDelta, usize)> {
     let total = RECORD_HEADER_LEN + data_len + zero_len;
     if bytes.len() < total {
         return None;
@@ -485,8 +557,12 @@ mod tests {
         for flip in HEADER_LEN..file.len() {
             let mut bad = file.clone();
             bad[flip] ^= 0x40;
-            let d = decode(&bad).unwrap();
-            assert!(d.valid_len < file.len(), "flip at {flip} went unnoticed");
+            // Ends the journal early, or (a length past any record ferry
+            // writes) refuses the file; never goes unnoticed.
+            match decode(&bad) {
+                Ok(d) => assert!(d.valid_len < file.len(), "flip at {flip} went unnoticed"),
+                Err(e) => assert!(matches!(e, HeaderError::Oversized { .. }), "{e}"),
+            }
         }
     }
 
@@ -523,6 +599,43 @@ mod tests {
             assert_eq!(d.valid_len, HEADER_LEN, "{what}");
         }
         assert_eq!(decode(&raw(&[[6, 1, 5]], &five)).unwrap().last_seq, 1);
+    }
+
+    #[test]
+    fn a_large_delta_is_several_records_and_every_prefix_is_consistent() {
+        let mut d = MapDelta::default();
+        for i in 0..10 {
+            d.add_data(ext(i * 3, 100 + i, 1));
+        }
+        d.add_zero(1, 1);
+        let (records, count) = encode_records_by(5, &d, 3);
+        assert_eq!(count, 4);
+        let mut file = encode_header(LayerId(2)).to_vec();
+        file.extend(&records);
+        let full = decode(&file).unwrap();
+        assert_eq!(full.last_seq, 8);
+        assert_eq!(full.map.slots, d.data);
+        assert!(full.map.zeroed.contains(1));
+        // A torn append keeps whole records only: each block old or new.
+        for cut in HEADER_LEN..file.len() {
+            let p = decode(&file[..cut]).unwrap();
+            for e in p.map.slots.iter() {
+                assert_eq!(d.data.get(e.block), Some(e.slot));
+            }
+        }
+    }
+
+    #[test]
+    fn a_record_claiming_an_oversized_part_is_corruption() {
+        let mut file = sample();
+        let good_end = file.len();
+        let mut bad = encode_raw_record(3, &[], &[]);
+        bad[12..16].copy_from_slice(&(MAX_PART_BYTES as u32 + 1).to_le_bytes());
+        file.extend(bad);
+        assert_eq!(
+            decode(&file).unwrap_err(),
+            HeaderError::Oversized { at: good_end }
+        );
     }
 
     #[test]

@@ -63,8 +63,13 @@ struct LayerMap {
     alloc: AllocMap,
     /// Blocks changed since the journal was last written.
     touched: RoaringBitmap,
-    /// Slots unmapped since the journal was last written (it may name them).
+    /// Slots unmapped since the journal was last written (it may name them):
+    /// their blocks were zeroed, so a reader that looked one up before may
+    /// read zeros from it once punched.
     freed: RoaringBitmap,
+    /// Likewise, but their blocks took a newer slot (racing writers): never
+    /// punched, since a reader that looked one up must still read data.
+    replaced: RoaringBitmap,
     /// Slots the durable journal no longer names, waiting for a barrier.
     retired: RoaringBitmap,
     /// Slots free for new blocks now.
@@ -307,9 +312,20 @@ impl Layer {
             let mut m = self.map.write();
             for p in pieces.iter().filter(|p| p.slot.is_none()) {
                 let mut block = p.block;
-                for (slot, len) in self.alloc(&mut m, p.len)? {
-                    fresh.push(Extent { block, slot, len });
-                    block += len;
+                match self.alloc(&mut m, p.len) {
+                    Ok(runs) => {
+                        for (slot, len) in runs {
+                            fresh.push(Extent { block, slot, len });
+                            block += len;
+                        }
+                    }
+                    Err(e) => {
+                        // Give back what earlier pieces took.
+                        for f in &fresh {
+                            m.free.insert_range(f.slot..=f.slot + (f.len - 1));
+                        }
+                        return Err(e);
+                    }
                 }
             }
         }
@@ -339,7 +355,7 @@ impl Layer {
                 let range = e.block..=e.block + (e.len - 1);
                 for old in m.alloc.slots.insert(e) {
                     // A racing writer mapped the block first; ours wins.
-                    m.freed.insert_range(old.slot..=old.slot + (old.len - 1));
+                    m.replaced.insert_range(old.slot..=old.slot + (old.len - 1));
                 }
                 m.alloc.present.insert_range(range.clone());
                 m.alloc.zeroed.remove_range(range.clone());
@@ -399,6 +415,13 @@ impl Layer {
     /// Hands out `n` slots: free ones first, then new ones at the end of the
     /// file, reserving space ahead. Returns runs `(slot, len)`.
     fn alloc(&self, m: &mut LayerMap, n: u32) -> io::Result<Vec<(u32, u32)>> {
+        // Enough slots first, so a refusal hands out nothing.
+        if u64::from(n) > m.free.len() + (SLOT_LIMIT - m.next_slot) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("{} has no free slot left", self.id),
+            ));
+        }
         let mut out = Vec::new();
         let mut need = n;
         while need > 0
@@ -414,12 +437,6 @@ impl Layer {
         }
         if need > 0 {
             let s = m.next_slot;
-            if s + u64::from(need) > SLOT_LIMIT {
-                return Err(io::Error::new(
-                    io::ErrorKind::StorageFull,
-                    format!("{} has no free slot left", self.id),
-                ));
-            }
             m.next_slot += u64::from(need);
             if m.next_slot > m.reserved_end {
                 let ahead = (m.next_slot / 8).clamp(PREALLOC_MIN, PREALLOC_MAX);
@@ -502,36 +519,41 @@ impl Layer {
         self.check()?;
         // Every block mapped now had its data written before it was mapped,
         // so the sync below covers whatever this delta names.
-        let (delta, freed) = {
+        let (delta, freed, replaced) = {
             let mut m = self.map.write();
             let touched = std::mem::take(&mut m.touched);
-            (delta_of(&m.alloc, &touched), std::mem::take(&mut m.freed))
+            (
+                delta_of(&m.alloc, &touched),
+                std::mem::take(&mut m.freed),
+                std::mem::take(&mut m.replaced),
+            )
         };
         if let Err(e) = self.data.sync_data() {
             return self.fail(e);
         }
         if !delta.is_empty() {
-            let record = journal::encode_record(j.seq + 1, &delta);
+            let (records, count) = journal::encode_records(j.seq + 1, &delta);
             if let Err(e) = j
                 .file
-                .write_at(&record, j.end)
+                .write_at(&records, j.end)
                 .and_then(|_| j.file.sync_data())
             {
                 return self.fail(e);
             }
-            j.seq += 1;
-            j.end += record.len() as u64;
+            j.seq += count;
+            j.end += records.len() as u64;
         }
-        self.retire(freed);
+        self.retire(freed, replaced);
         if j.end > 2 * j.compacted_len + COMPACT_SLACK {
             self.compact_locked(&mut j)?;
         }
         Ok(())
     }
 
-    /// Punches the slots no durable record names and queues them for reuse.
-    fn retire(&self, freed: RoaringBitmap) {
-        if freed.is_empty() {
+    /// Punches the slots of zeroed blocks no durable record names, and
+    /// queues them and the `replaced` ones for reuse.
+    fn retire(&self, freed: RoaringBitmap, replaced: RoaringBitmap) {
+        if freed.is_empty() && replaced.is_empty() {
             return;
         }
         for (slot, len) in journal::runs(freed.iter()) {
@@ -543,7 +565,9 @@ impl Layer {
                 tracing::debug!(layer = %self.id, error = %e, "punching freed slots failed");
             }
         }
-        self.map.write().retired |= freed;
+        let mut m = self.map.write();
+        m.retired |= freed;
+        m.retired |= replaced;
     }
 
     /// Persists, then rewrites the journal as one record.
@@ -554,10 +578,14 @@ impl Layer {
     }
 
     fn compact_locked(&self, j: &mut Journal) -> io::Result<()> {
-        let (full, freed) = {
+        let (full, freed, replaced) = {
             let mut m = self.map.write();
             m.touched = RoaringBitmap::new();
-            (m.alloc.as_delta(), std::mem::take(&mut m.freed))
+            (
+                m.alloc.as_delta(),
+                std::mem::take(&mut m.freed),
+                std::mem::take(&mut m.replaced),
+            )
         };
         let result = (|| {
             self.data.sync_data()?;
@@ -565,19 +593,20 @@ impl Layer {
             let file = self.storage.open_file(&tmp, true)?;
             file.set_len(0)?;
             let mut bytes = journal::encode_header(self.id).to_vec();
-            bytes.extend(journal::encode_record(j.seq + 1, &full));
+            let (records, count) = journal::encode_records(j.seq + 1, &full);
+            bytes.extend(records);
             file.write_at(&bytes, 0)?;
             file.sync_data()?;
             self.storage.rename_file(&tmp, &map_name(self.id))?;
-            Ok::<_, io::Error>((file, bytes.len() as u64))
+            Ok::<_, io::Error>((file, bytes.len() as u64, count))
         })();
         match result {
-            Ok((file, len)) => {
+            Ok((file, len, count)) => {
                 j.file = file;
-                j.seq += 1;
+                j.seq += count;
                 j.end = len;
                 j.compacted_len = len;
-                self.retire(freed);
+                self.retire(freed, replaced);
                 Ok(())
             }
             Err(e) => self.fail(e),
@@ -599,7 +628,10 @@ fn delta_of(alloc: &AllocMap, touched: &RoaringBitmap) -> MapDelta {
         zero: touched & &alloc.zeroed,
         ..MapDelta::default()
     };
-    for (first, len) in journal::runs(touched.iter()) {
+    // Only data blocks are walked one by one: a huge trim costs bitmap
+    // operations, not a step per block.
+    let data = touched - &alloc.zeroed;
+    for (first, len) in journal::runs(data.iter()) {
         let end = u64::from(first) + u64::from(len);
         let mut b = u64::from(first);
         while b < end {
