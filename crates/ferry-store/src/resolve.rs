@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::layer::journal::AllocMap;
-use crate::layer::slots::Extent;
 use crate::layer::{BlockState, Layer};
 
 /// Blocks per container: the high 16 bits of a block index pick one.
@@ -179,22 +178,9 @@ impl Resolver {
 /// Writes the slot of every data block of container `c` held by `m`.
 fn fill_slots(m: &AllocMap, c: usize, slots: &mut [u32]) {
     let lo = (c << CONTAINER_BITS) as u64;
-    let hi = lo + CONTAINER_BLOCKS as u64;
-    // The extent that may start before the container, then those inside.
-    let first = m.slots.run_at(lo as u32).map(|(slot, n)| Extent {
-        block: lo as u32,
-        slot,
-        len: n,
-    });
-    for e in first.into_iter().chain(
-        m.slots
-            .iter_from(lo as u32)
-            .take_while(|e| u64::from(e.block) < hi)
-            .filter(|e| u64::from(e.block) > lo),
-    ) {
-        let end = (u64::from(e.block) + u64::from(e.len)).min(hi);
-        for b in u64::from(e.block)..end {
-            slots[(b - lo) as usize] = e.slot + (b - u64::from(e.block)) as u32;
+    for e in m.slots.extents_in(lo, lo + CONTAINER_BLOCKS as u64) {
+        for i in 0..e.len {
+            slots[(u64::from(e.block + i) - lo) as usize] = e.slot + i;
         }
     }
 }

@@ -404,6 +404,7 @@ fn crash_child() {
     println!();
     // Small map records, so a kill can tear a change written as many.
     ferry_store::layer::journal::set_record_extents_for_tests(8);
+    ferry_store::layer::slots::set_dense_from_for_tests(16);
     run_child(Path::new(dir), seed);
 }
 

@@ -1090,6 +1090,8 @@ proptest! {
         // Map records of at most 2 extents: persist, compaction and open
         // then write and replay many records per change.
         ferry_store::layer::journal::set_record_extents_for_tests(2);
+        // Slot-map chunks past 3 extents hold a slot per block.
+        ferry_store::layer::slots::set_dense_from_for_tests(3);
         let mut h = Harness::new(sizes)?;
         for (i, op) in ops.iter().enumerate() {
             h.run(op).map_err(|e| TestCaseError::fail(format!("op {i} {op:?}: {e}")))?;

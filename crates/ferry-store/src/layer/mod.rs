@@ -392,9 +392,8 @@ impl Layer {
                     } else {
                         m.alloc
                             .slots
-                            .iter_from(b)
-                            .next()
-                            .map_or(end, |e| u64::from(e.block).min(end))
+                            .next_mapped(b)
+                            .map_or(end, |n| u64::from(n).min(end))
                     };
                     let len = (next.max(block + 1) - block).min(u64::from(left)) as u32;
                     match pieces.last_mut() {
@@ -649,9 +648,8 @@ fn delta_of(alloc: &AllocMap, touched: &RoaringBitmap) -> MapDelta {
                 None => {
                     b = alloc
                         .slots
-                        .iter_from(b as u32)
-                        .next()
-                        .map_or(end, |e| u64::from(e.block).clamp(b + 1, end));
+                        .next_mapped(b as u32)
+                        .map_or(end, |n| u64::from(n).clamp(b + 1, end));
                 }
             }
         }
