@@ -21,30 +21,49 @@ use std::time::Duration;
 /// client certificate in `tls_dir` (`client.pem`, `client.key`). Err when
 /// the handshake or the exchange fails; Ok(the whole HTTP answer).
 fn mtls_get(addr: &str, ca: &Path, tls_dir: &Path, path: &str) -> Result<String, String> {
+    request(addr, ca, Some(tls_dir), "GET", path, "")
+}
+
+/// One HTTP/1.1 request over TLS, with a client certificate or none.
+fn request(
+    addr: &str,
+    ca: &Path,
+    tls_dir: Option<&Path>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_file(ca).unwrap())
         .unwrap();
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_file_iter(tls_dir.join("client.pem"))
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-    let key = PrivateKeyDer::from_pem_file(tls_dir.join("client.key")).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .unwrap();
+        .with_root_certificates(roots);
+    let config = match tls_dir {
+        Some(dir) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(dir.join("client.pem"))
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect();
+            let key = PrivateKeyDer::from_pem_file(dir.join("client.key")).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
     let host = addr.rsplit_once(':').unwrap().0;
     let name = ServerName::try_from(host.to_owned()).unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
     let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut s = rustls::StreamOwned::new(conn, tcp);
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut answer = String::new();
     s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
@@ -155,6 +174,35 @@ fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
     c.ferry(&["partner", "pair", &wrong.encode()])
         .code(5)
         .complains("not known");
+    // malformed pairing requests straight to A's listener (no client
+    // certificate needed there): named, and nothing recorded
+    let pair =
+        |body: &str| request(&a.partner, &a.ca(), None, "POST", "/partner/v1/pair", body).unwrap();
+    let r = pair("{not json");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let c_ca = std::fs::read_to_string(c.ca()).unwrap();
+    let body = |secret: &str, ca: &str, address: &str| {
+        serde_json::json!({"secret": secret, "name": "site-c", "ca_pem": ca, "address": address})
+            .to_string()
+    };
+    let r = pair(&body("00", &c_ca, &c.partner));
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("secret"), "{r}");
+    let r = pair(&body(&"ab".repeat(32), "not a certificate", &c.partner));
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("ca_pem"), "{r}");
+    let r = pair(&body(&"ab".repeat(32), &c_ca, "nowhere"));
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("address"),
+        "{r}"
+    );
+    let r = pair(&body(&"ab".repeat(32), &c_ca, &c.partner));
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("not known"),
+        "{r}"
+    );
+    // without a client certificate, hello is refused
+    let r = request(&a.partner, &a.ca(), None, "GET", "/partner/v1/hello", "").unwrap();
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert_eq!(names(&a), ["site-b"]);
     // a mistyped token is caught before anything is asked
     c.ferry(&["partner", "pair", "ferrypair1-00"])
         .code(1)
