@@ -133,6 +133,14 @@ fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
         .code(1)
         .complains("itself");
     let paired = b.json(&["partner", "pair", &t]);
+    // the secret is in no log, audit record or file of either site but the
+    // token as printed (A keeps only its hash)
+    let secret: String = decoded.secret.iter().map(|x| format!("{x:02x}")).collect();
+    for d in [&a, &b] {
+        assert!(!d.log_text().contains(&secret), "a log holds the secret");
+        let audit = std::fs::read_to_string(d.data.join("audit.log")).unwrap();
+        assert!(!audit.contains(&secret) && !audit.contains(&t));
+    }
     assert_eq!(paired["name"], "site-a");
     assert_eq!(paired["ca_fingerprint"], a_fp.as_str());
     assert_eq!(names(&a), ["site-b"]);
