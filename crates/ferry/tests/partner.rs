@@ -182,6 +182,12 @@ fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
     c.ferry(&["partner", "pair", &wrong.encode()])
         .code(5)
         .complains("not known");
+    // a token naming another CA: C will not talk to A (pinned), nothing is sent
+    let mut pinned = PartnerToken::decode(&token(&a, "15m")).unwrap();
+    pinned.ca_fingerprint[0] ^= 1;
+    c.ferry(&["partner", "pair", &pinned.encode()])
+        .code(1)
+        .complains("fingerprint");
     // malformed pairing requests straight to A's listener (no client
     // certificate needed there): named, and nothing recorded
     let pair =
