@@ -259,3 +259,43 @@ fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
     b.ferry(&["partner", "unpair", "site-a"]).ok();
     assert!(hello(&a, &b).is_err());
 }
+
+#[test]
+fn only_admins_name_the_site_and_pair_operators_look_users_see_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("a"));
+    d.ferry(&["user", "create", "olga", "--role", "operator"])
+        .ok();
+    d.ferry(&["user", "create", "uma", "--role", "user", "--grant", "t=v"])
+        .ok();
+    let token_of = |user: &str| {
+        d.json(&["token", "create", user])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (olga, uma) = (token_of("olga"), token_of("uma"));
+    d.ferry_as(&olga, &["site", "show"]).ok();
+    d.ferry_as(&olga, &["partner", "list"]).ok();
+    d.ferry_as(&olga, &["partner", "token"]).code(5);
+    d.ferry_as(&olga, &["site", "init", "--name", "x"]).code(5);
+    d.ferry_as(&olga, &["partner", "unpair", "x"]).code(5);
+    d.ferry_as(&uma, &["site", "show"]).code(5);
+    d.ferry_as(&uma, &["partner", "list"]).code(5);
+    // the denials are audited, with no token in them
+    let audit = d.json(&["audit", "list"]);
+    let denied: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "denied")
+        .map(|r| r["action"].as_str().unwrap().to_owned())
+        .collect();
+    for action in ["partner.token", "site.set", "partner.unpair"] {
+        assert!(denied.iter().any(|a| a == action), "{action}: {denied:?}");
+    }
+    // a dry run of a token changes nothing and hands out nothing
+    let plan = d.json(&["--dry-run", "partner", "token"]);
+    assert_eq!(plan["action"], "partner.token");
+    assert!(plan.get("token").is_none());
+}
