@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 # a free loopback port: ferryd binds port 0 and says which it got
-"$ferryd" --data "$work/data" --api 127.0.0.1:0 --nbd 127.0.0.1:0 >"$work/out" 2>"$work/err" &
+"$ferryd" --data "$work/data" --api 127.0.0.1:0 --nbd 127.0.0.1:0 --partner-listen 127.0.0.1:0 >"$work/out" 2>"$work/err" &
 pid=$!
 url=
 for _ in $(seq 1 300); do

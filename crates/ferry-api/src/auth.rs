@@ -32,6 +32,10 @@ pub enum Privilege {
     AuditRead,
     UserRead,
     UserWrite,
+    /// See this site's identity and its partners.
+    PartnerRead,
+    /// Name the site, hand out pairing tokens, pair and unpair.
+    PartnerWrite,
 }
 
 impl Privilege {
@@ -43,7 +47,7 @@ impl Privilege {
         }
     }
 
-    pub const ALL: [Privilege; 17] = [
+    pub const ALL: [Privilege; 19] = [
         Privilege::VolumeRead,
         Privilege::VolumeWrite,
         Privilege::GroupRead,
@@ -61,6 +65,8 @@ impl Privilege {
         Privilege::AuditRead,
         Privilege::UserRead,
         Privilege::UserWrite,
+        Privilege::PartnerRead,
+        Privilege::PartnerWrite,
     ];
 }
 
@@ -85,10 +91,13 @@ impl Role {
         use Privilege as P;
         use Role as R;
         match p {
-            P::VolumeRead | P::SpaceRead | P::AuditRead | P::UserRead => {
+            P::VolumeRead | P::SpaceRead | P::AuditRead | P::UserRead | P::PartnerRead => {
                 matches!(self, R::Admin | R::Operator)
             }
-            P::VolumeWrite | P::GroupWrite | P::UserWrite => matches!(self, R::Admin),
+            // Pairing lets another site in: configuration, like users.
+            P::VolumeWrite | P::GroupWrite | P::UserWrite | P::PartnerWrite => {
+                matches!(self, R::Admin)
+            }
             // Exporting a disk opens it to NBD clients: an operator's task,
             // like clone and sync, not self-service.
             P::SnapshotDelete | P::Clone | P::Sync | P::ExportWrite => {

@@ -114,6 +114,7 @@ impl From<StoreError> for ApiError {
             StoreError::InUse { .. } => (S::CONFLICT, "in_use", None),
             StoreError::Slot { .. } => (S::BAD_REQUEST, "invalid_slot", Some("slot".to_owned())),
             StoreError::Invalid(_) => (S::BAD_REQUEST, "invalid", None),
+            StoreError::Pairing(_) => (S::FORBIDDEN, "pairing_refused", Some("token".to_owned())),
             StoreError::OutOfRange { .. } => (S::BAD_REQUEST, "out_of_range", None),
             StoreError::Shrink { .. } => (S::BAD_REQUEST, "cannot_shrink", Some("size".to_owned())),
             StoreError::NotAncestor { .. } => (S::BAD_REQUEST, "not_ancestor", None),

@@ -18,6 +18,7 @@ pub mod error;
 pub mod jobs;
 pub mod openapi;
 pub mod routes;
+pub mod site;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
@@ -52,6 +53,7 @@ struct Inner {
     audit: AuditLog,
     jobs: Jobs,
     routes: HashMap<(Method, &'static str), RouteInfo>,
+    site: std::sync::OnceLock<Arc<dyn site::SiteLink>>,
 }
 
 impl AppState {
@@ -77,6 +79,7 @@ impl AppState {
                 audit,
                 jobs,
                 routes,
+                site: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -95,6 +98,17 @@ impl AppState {
 
     pub fn jobs(&self) -> &Jobs {
         &self.inner.jobs
+    }
+
+    /// Connects the daemon's side of sites and partners; once only (a
+    /// second call is ignored and returns false).
+    pub fn set_site_link(&self, link: Arc<dyn site::SiteLink>) -> bool {
+        self.inner.site.set(link).is_ok()
+    }
+
+    /// The daemon's side of sites and partners, if connected.
+    pub fn site_link(&self) -> Option<&Arc<dyn site::SiteLink>> {
+        self.inner.site.get()
     }
 }
 

@@ -6,7 +6,10 @@
 //! keys, one table per kind. redb runs on the engine's [`Storage`] through
 //! [`RedbFile`], so crash and fault tests cover the catalog too. A table a
 //! catalog lacks (one written before that kind of record existed, like
-//! `exports`) is created empty at open.
+//! `exports`, `partners`) is created empty at open.
+//!
+//! The site's own record (its name) is one row of `site` under the key
+//! `"self"`; partners and pairing tokens are rows like the other objects.
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -28,6 +31,11 @@ const GROUPS: TableDefinition<u64, &[u8]> = TableDefinition::new("groups");
 const LAYERS: TableDefinition<u64, &[u8]> = TableDefinition::new("layers");
 const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
 const EXPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("exports");
+const SITE: TableDefinition<&str, &[u8]> = TableDefinition::new("site");
+const PARTNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("partners");
+const PAIR_TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("pair_tokens");
+/// The key of the site's own record in `site`.
+const SITE_SELF: &str = "self";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub(crate) struct VolumeRec {
@@ -98,6 +106,38 @@ pub(crate) struct ExportRec {
     pub created: u64,
 }
 
+/// This site's identity as kept in the catalog.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct SiteRec {
+    pub name: String,
+}
+
+/// A paired remote site.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PartnerRec {
+    pub id: u64,
+    pub name: String,
+    /// Its CA certificate, PEM: what its client and server certificates
+    /// must chain to.
+    pub ca_pem: String,
+    /// SHA-256 of its CA certificate's DER, colon-separated hex.
+    pub ca_fingerprint: String,
+    /// Its partner listener, `HOST:PORT`.
+    pub address: String,
+    pub paired: u64,
+}
+
+/// A pairing token this site handed out: only the hash of its secret.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PairTokenRec {
+    pub id: u64,
+    /// BLAKE3 of the secret, hex.
+    pub secret_hash: String,
+    pub created: u64,
+    /// Nanoseconds since the Unix epoch after which it is refused.
+    pub expires: u64,
+}
+
 /// One change of a catalog transaction.
 #[derive(Debug)]
 pub(crate) enum Change {
@@ -111,6 +151,11 @@ pub(crate) enum Change {
     DelSnapshot(SnapshotId),
     PutExport(ExportRec),
     DelExport(ExportId),
+    PutSite(SiteRec),
+    PutPartner(PartnerRec),
+    DelPartner(u64),
+    PutPairToken(PairTokenRec),
+    DelPairToken(u64),
 }
 
 /// The catalog as loaded in memory.
@@ -122,6 +167,9 @@ pub(crate) struct CatalogState {
     pub layers: BTreeMap<LayerId, LayerRec>,
     pub snapshots: BTreeMap<SnapshotId, SnapshotRec>,
     pub exports: BTreeMap<ExportId, ExportRec>,
+    pub site: Option<SiteRec>,
+    pub partners: BTreeMap<u64, PartnerRec>,
+    pub pair_tokens: BTreeMap<u64, PairTokenRec>,
 }
 
 impl CatalogState {
@@ -156,6 +204,19 @@ impl CatalogState {
             }
             Change::DelExport(id) => {
                 self.exports.remove(&id);
+            }
+            Change::PutSite(r) => self.site = Some(r),
+            Change::PutPartner(r) => {
+                self.partners.insert(r.id, r);
+            }
+            Change::DelPartner(id) => {
+                self.partners.remove(&id);
+            }
+            Change::PutPairToken(r) => {
+                self.pair_tokens.insert(r.id, r);
+            }
+            Change::DelPairToken(id) => {
+                self.pair_tokens.remove(&id);
             }
         }
     }
@@ -275,9 +336,18 @@ impl Catalog {
                         });
                     }
                 }
-                for t in [VOLUMES, GROUPS, LAYERS, SNAPSHOTS, EXPORTS] {
+                for t in [
+                    VOLUMES,
+                    GROUPS,
+                    LAYERS,
+                    SNAPSHOTS,
+                    EXPORTS,
+                    PARTNERS,
+                    PAIR_TOKENS,
+                ] {
                     tx.open_table(t).map_err(|e| err(e.into()))?;
                 }
+                tx.open_table(SITE).map_err(|e| err(e.into()))?;
             }
             tx.commit().map_err(|e| err(e.into()))?;
         }
@@ -303,6 +373,13 @@ impl Catalog {
         load_table!(LAYERS, "layers", layers, LayerId);
         load_table!(SNAPSHOTS, "snapshots", snapshots, SnapshotId);
         load_table!(EXPORTS, "exports", exports, ExportId);
+        let plain = |k: u64| k;
+        load_table!(PARTNERS, "partners", partners, plain);
+        load_table!(PAIR_TOKENS, "pair_tokens", pair_tokens, plain);
+        let site = tx.open_table(SITE).map_err(|e| err(e.into()))?;
+        if let Some(v) = site.get(SITE_SELF).map_err(|e| err(e.into()))? {
+            self.state.site = Some(decode("site", 0, v.value())?);
+        }
         Ok(())
     }
 
@@ -326,6 +403,9 @@ impl Catalog {
             let mut layers = tx.open_table(LAYERS).map_err(|e| err(e.into()))?;
             let mut snapshots = tx.open_table(SNAPSHOTS).map_err(|e| err(e.into()))?;
             let mut exports = tx.open_table(EXPORTS).map_err(|e| err(e.into()))?;
+            let mut site = tx.open_table(SITE).map_err(|e| err(e.into()))?;
+            let mut partners = tx.open_table(PARTNERS).map_err(|e| err(e.into()))?;
+            let mut pair_tokens = tx.open_table(PAIR_TOKENS).map_err(|e| err(e.into()))?;
             for change in &changes {
                 let r = match change {
                     Change::PutVolume(r) => volumes.insert(r.id.0, encode(r).as_slice()).map(drop),
@@ -340,6 +420,13 @@ impl Catalog {
                     Change::DelSnapshot(id) => snapshots.remove(id.0).map(drop),
                     Change::PutExport(r) => exports.insert(r.id.0, encode(r).as_slice()).map(drop),
                     Change::DelExport(id) => exports.remove(id.0).map(drop),
+                    Change::PutSite(r) => site.insert(SITE_SELF, encode(r).as_slice()).map(drop),
+                    Change::PutPartner(r) => partners.insert(r.id, encode(r).as_slice()).map(drop),
+                    Change::DelPartner(id) => partners.remove(*id).map(drop),
+                    Change::PutPairToken(r) => {
+                        pair_tokens.insert(r.id, encode(r).as_slice()).map(drop)
+                    }
+                    Change::DelPairToken(id) => pair_tokens.remove(*id).map(drop),
                 };
                 r.map_err(|e| err(e.into()))?;
             }

@@ -27,6 +27,8 @@ pub enum StoreError {
     /// snapshot needs one, a lone volume's takes none.
     #[error("snapshot {snapshot:?} {reason}")]
     Slot { snapshot: String, reason: String },
+    #[error("pairing refused: {0}")]
+    Pairing(#[from] crate::store::PairingRefusal),
     #[error("invalid request: {0}")]
     Invalid(&'static str),
     #[error("range {offset}+{len} is outside the volume of {size} bytes")]

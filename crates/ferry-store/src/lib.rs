@@ -25,6 +25,7 @@
 pub mod catalog;
 pub mod error;
 pub mod layer;
+pub mod partner_token;
 pub mod progress;
 mod resolve;
 pub mod storage;
@@ -37,7 +38,8 @@ pub use progress::Progress;
 pub use roaring::RoaringBitmap;
 pub use store::{
     DiffEnd, ExportDisk, ExportInfo, ExportKind, ExportSpec, GcOutcome, GroupInfo, MemberInfo,
-    SnapshotInfo, SpaceInfo, Store, SyncReport, Target, VolumeInfo,
+    NewPartner, PairingRefusal, PartnerInfo, SnapshotInfo, SpaceInfo, Store, SyncReport, Target,
+    VolumeInfo,
 };
 pub use types::{
     BLOCK_SIZE, ExportId, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId,

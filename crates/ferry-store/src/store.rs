@@ -1,6 +1,6 @@
 //! The store: the catalog plus every open volume and layer, and the
 //! operations that change them (volumes, groups, snapshots, clones, sync,
-//! diffs, space, exports in `exports`) and the garbage collection that
+//! diffs, space, exports in `exports`, sites and partners in `partners`) and the garbage collection that
 //! deletes and merges layers.
 //!
 //! Locks, always taken in this order: `gc` → `catalog` → volume states
@@ -27,8 +27,10 @@ use crate::types::{
 use crate::volume::{SnapshotReader, Volume, VolumeHandle};
 
 mod exports;
+mod partners;
 
 pub use exports::{ExportDisk, ExportInfo, ExportKind, ExportSpec};
+pub use partners::{NewPartner, PairingRefusal, PartnerInfo};
 
 /// Blocks a merge copies under one hold of the write barrier.
 const MERGE_CHUNK: usize = 256;

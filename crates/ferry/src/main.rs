@@ -11,6 +11,7 @@ mod export;
 mod job;
 mod ops;
 mod output;
+mod partner;
 
 use anyhow::{Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -89,6 +90,12 @@ enum Command {
     /// NBD export names of volumes (read-write) and snapshots (read-only)
     #[command(subcommand)]
     Export(export::ExportCmd),
+    /// This site's name and identity, as partners see it
+    #[command(subcommand)]
+    Site(partner::SiteCmd),
+    /// Other sites paired with this one (by a one-time token)
+    #[command(subcommand)]
+    Partner(partner::PartnerCmd),
     /// Long operations (a deleted snapshot's space, sync): list, show, cancel
     #[command(subcommand)]
     Job(JobCmd),
@@ -754,6 +761,8 @@ async fn run(cli: Cli) -> Result<i32> {
             }
         },
         Command::Export(cmd) => export::run(&client, out, cmd).await?,
+        Command::Site(cmd) => partner::run_site(&client, out, cmd).await?,
+        Command::Partner(cmd) => partner::run(&client, out, cmd).await?,
         Command::Space => print_list(
             out,
             &client.get("/v1/space").await?,

@@ -39,6 +39,14 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("token create", "token.create"),
     ("token list", "token.list"),
     ("token delete", "token.delete"),
+    ("site show", "site.get"),
+    ("site init", "site.set"),
+    ("partner token", "partner.token"),
+    ("partner pair", "partner.pair"),
+    ("partner list", "partner.list"),
+    ("partner show", "partner.get"),
+    ("partner hello", "partner.hello"),
+    ("partner unpair", "partner.unpair"),
 ];
 
 /// Commands that do not talk to a server.

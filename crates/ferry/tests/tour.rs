@@ -50,7 +50,14 @@ fn readme_tour_runs_verbatim() {
     );
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(&ferryd)
-        .args(["--api", "127.0.0.1:0", "--nbd", "127.0.0.1:0"])
+        .args([
+            "--api",
+            "127.0.0.1:0",
+            "--nbd",
+            "127.0.0.1:0",
+            "--partner-listen",
+            "127.0.0.1:0",
+        ])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .spawn()

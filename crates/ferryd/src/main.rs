@@ -6,7 +6,13 @@
 //! Starts with embedded defaults; every flag also has a key in the optional
 //! TOML config file. The first start creates an admin user and writes its
 //! token to `DATA/admin.token` (mode 0600), and a site CA with the API's
-//! certificate in `DATA/tls/` (see `tls.rs`).
+//! certificate in `DATA/tls/` (see `tls.rs`), and names the site after the
+//! hostname unless it has a name.
+//!
+//! Partners (other sites paired with this one) reach it on a separate
+//! listener, `--partner-listen` (default 127.0.0.1:7411), always HTTPS,
+//! where a client certificate must come from a paired partner's CA (see
+//! `partner.rs`).
 //!
 //! The API speaks HTTPS on any address that is not loopback; on loopback it
 //! speaks plain HTTP unless `--tls` (`tls = true`) asks for HTTPS. There is no
@@ -18,6 +24,7 @@
 //! in the middle; it is not meant for anything else.
 
 mod nbd;
+mod partner;
 mod serve;
 mod tls;
 
@@ -55,6 +62,10 @@ struct Args {
     /// Requests one NBD connection runs at once (worker threads per connection; default 4)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     nbd_workers: Option<u16>,
+    /// Address of the partner listener (HTTPS with partners' client
+    /// certificates; default 127.0.0.1:7411)
+    #[arg(long, value_name = "ADDR")]
+    partner_listen: Option<SocketAddr>,
     /// Serve HTTPS on a loopback API address too (any other address always serves HTTPS)
     #[arg(long)]
     tls: bool,
@@ -62,7 +73,8 @@ struct Args {
     /// localhost, 127.0.0.1, ::1 and the hostname are always in it
     #[arg(long = "tls-name", value_name = "NAME")]
     tls_names: Vec<String>,
-    /// TOML file with any of the keys data, api, nbd, nbd_unix, nbd_tls, nbd_workers, tls, tls_names
+    /// TOML file with any of the keys data, api, nbd, nbd_unix, nbd_tls, nbd_workers,
+    /// partner_listen, tls, tls_names
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -76,6 +88,7 @@ struct Config {
     nbd_unix: Option<PathBuf>,
     nbd_tls: Option<String>,
     nbd_workers: Option<u16>,
+    partner_listen: Option<SocketAddr>,
     tls: Option<bool>,
     tls_names: Option<Vec<String>>,
 }
@@ -142,6 +155,10 @@ fn main() -> Result<()> {
             None => ferry_nbd::ServerConfig::default().workers,
         },
     };
+    let partner_listen = args
+        .partner_listen
+        .or(config.partner_listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7411)));
     // Plain HTTP never leaves the machine: only a loopback address may skip TLS.
     let https = args.tls || config.tls.unwrap_or(false) || !api.ip().is_loopback();
     // The flag's names replace the config file's, like every other flag.
@@ -155,7 +172,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(run(data, api, https, tls_names, nbd))
+        .block_on(run(data, api, https, tls_names, nbd, partner_listen))
 }
 
 /// Makes or checks the TLS material and says what clients need to trust.
@@ -202,6 +219,7 @@ async fn run(
     https: bool,
     tls_names: Vec<String>,
     nbd: NbdOptions,
+    partner_listen: SocketAddr,
 ) -> Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let store = ferry_store::Store::open(&data)
@@ -260,9 +278,42 @@ async fn run(
     };
     let nbd_mode = nbd_config.tls_mode;
     let (nbd_server, nbd_addr) = nbd::start(&store, nbd.addr, nbd.unix.as_deref(), nbd_config)?;
-    let transport = match identity {
-        Some(id) if https => serve::Transport::Tls(tokio_rustls::TlsAcceptor::from(id.config)),
+    let transport = match &identity {
+        Some(id) if https => {
+            serve::Transport::Tls(tokio_rustls::TlsAcceptor::from(id.config.clone()))
+        }
         _ => serve::Transport::Plain,
+    };
+    let site = store
+        .ensure_site_name(&partner::default_site_name())
+        .context("naming the site")?;
+    let partners = match &identity {
+        Some(_) => {
+            let material = tls::partner_material(&data.join("tls"))
+                .context("preparing the partner certificates")?;
+            if let Some(why) = &material.issued {
+                tracing::info!("issued the site's client certificate: {why}");
+            }
+            let listener = tokio::net::TcpListener::bind(partner_listen)
+                .await
+                .with_context(|| format!("listening for partners on {partner_listen}"))?;
+            let bound = listener.local_addr()?;
+            state.set_site_link(std::sync::Arc::new(partner::Link::new(
+                &material,
+                partner::advertised(bound),
+            )));
+            let acceptor =
+                tokio_rustls::TlsAcceptor::from(partner::server_config(&material, &store)?);
+            Some((
+                listener,
+                partner::router(state.clone(), &material),
+                serve::Transport::Tls(acceptor),
+            ))
+        }
+        None => {
+            tracing::warn!("no usable TLS material: not listening for partners");
+            None
+        }
     };
     let listener = tokio::net::TcpListener::bind(api)
         .await
@@ -288,14 +339,41 @@ async fn run(
         );
     }
     println!("ferryd: store in {}", data.display());
+    // one stop for both listeners
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let partner_task = match partners {
+        Some((listener, router, transport)) => {
+            println!(
+                "ferryd: partner listener on https://{} (site {site})",
+                listener.local_addr()?
+            );
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                serve::serve(listener, router, transport, stopped).await
+            }))
+        }
+        None => None,
+    };
     println!(
         "ferryd: API listening on {}://{}",
         if https { "https" } else { "http" },
         listener.local_addr()?
     );
+    let stop = async move {
+        stop.await;
+        let _ = stop_tx.send(true);
+    };
     serve::serve(listener, ferry_api::router(state), transport, stop)
         .await
         .context("serving the API")?;
+    if let Some(task) = partner_task {
+        task.await
+            .context("the partner listener failed")?
+            .context("serving partners")?;
+    }
     // NBD clients get their requests in flight answered, then are disconnected.
     tokio::task::spawn_blocking(move || nbd_server.stop())
         .await

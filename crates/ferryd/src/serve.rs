@@ -13,7 +13,9 @@
 //! in their TLS handshake are dropped.
 //!
 //! Must not: know about routes, tokens or the store; this is transport only.
-//! The accept loop is also where a later mutual-TLS peer identity is read.
+//! The accept loop is also where a mutual-TLS peer's certificate chain is
+//! read: every request of a TLS connection carries it as the
+//! [`PeerCertificates`] extension, for the routes to identify the caller.
 
 use anyhow::Result;
 use axum::Router;
@@ -21,12 +23,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// How long a client may take to send its first byte and finish the TLS
 /// handshake.
@@ -35,6 +39,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The first byte of a TLS record carrying a handshake message.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The certificate chain a TLS client presented (end entity first), or
+/// `None` when it presented none; an extension of every request it sends.
+#[derive(Clone, Debug)]
+pub struct PeerCertificates(pub Option<Arc<Vec<CertificateDer<'static>>>>);
 
 /// What a connection speaks.
 #[derive(Clone)]
@@ -130,7 +139,15 @@ async fn connection(
         _ = stop.wait_for(|s| *s) => return,
     };
     match accepted {
-        Ok(Ok(tls)) => http(TokioIo::new(tls), peer, router, stop).await,
+        Ok(Ok(tls)) => {
+            let chain = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+            let router = router.layer(axum::Extension(PeerCertificates(chain)));
+            http(TokioIo::new(tls), peer, router, stop).await
+        }
         Ok(Err(e)) => {
             tracing::warn!(%peer, error = %e, "TLS handshake failed; dropping the connection");
         }

@@ -6,6 +6,9 @@
 //! DATA/tls/ca.key       its private key, mode 0600
 //! DATA/tls/server.pem   the API's certificate followed by the CA certificate
 //! DATA/tls/server.key   its private key, mode 0600
+//! DATA/tls/client.pem   the site's client certificate for talking to partners,
+//!                       followed by the CA certificate
+//! DATA/tls/client.key   its private key, mode 0600
 //! ```
 //!
 //! Invariants: the CA is made once and then only read, so a client that
@@ -14,7 +17,9 @@
 //! matches its key, names every wanted name (localhost, 127.0.0.1, ::1, the
 //! hostname, `--tls-name`s) and stays valid for [`RENEW_BEFORE_DAYS`] more
 //! days; otherwise it is issued anew from the CA, and the new one must pass
-//! the same check before it is used. Keys are written before the
+//! the same check before it is used. The client certificate follows the same
+//! rule (reused while it chains to the CA and stays valid), with a client
+//! check instead of names. Keys are written before the
 //! certificates that name them, each file atomically.
 //!
 //! Must not: replace a CA whose certificate exists (clients trust it), or
@@ -94,7 +99,8 @@ fn check_name(n: &str) -> Result<()> {
     Ok(())
 }
 
-fn hostname() -> Option<String> {
+/// The machine's hostname, when it is one a client could ask for.
+pub fn hostname() -> Option<String> {
     let mut buf = [0u8; 256];
     // SAFETY: the buffer is valid for its length; gethostname writes at most that many bytes.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
@@ -334,6 +340,119 @@ fn check(
     Ok(())
 }
 
+/// The site's TLS material for its partner listener and its calls to
+/// partners: the CA, the server certificate (the API's) and a client
+/// certificate issued by the CA.
+pub struct PartnerMaterial {
+    pub ca_pem: String,
+    pub ca_fingerprint: String,
+    pub server_chain: Vec<CertificateDer<'static>>,
+    pub server_key: PrivateKeyDer<'static>,
+    pub client_chain: Vec<CertificateDer<'static>>,
+    pub client_key: PrivateKeyDer<'static>,
+    /// Why the client certificate was issued at this start; `None` when reused.
+    pub issued: Option<String>,
+}
+
+/// Loads the partner material from `dir` after [`load_or_create`] made the
+/// CA and server certificate, issuing the client certificate when it is
+/// missing or does not pass the check.
+pub fn partner_material(dir: &Path) -> Result<PartnerMaterial> {
+    let ca_path = dir.join("ca.pem");
+    let ca_pem = std::fs::read_to_string(&ca_path)
+        .with_context(|| format!("reading the site CA certificate {}", ca_path.display()))?;
+    let ca_der = CertificateDer::from_pem_slice(ca_pem.as_bytes())
+        .with_context(|| format!("parsing {}", ca_path.display()))?;
+    let provider = provider();
+    let (server_chain, server_key) = read_pair(&dir.join("server.pem"), &dir.join("server.key"))?;
+    let cert_path = dir.join("client.pem");
+    let key_path = dir.join("client.key");
+    let check_client = |chain: &[CertificateDer<'static>]| -> Result<()> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der.clone())?;
+        let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()?;
+        let later = UnixTime::since_unix_epoch(Duration::from_secs(
+            UnixTime::now().as_secs() + RENEW_BEFORE_DAYS * 86_400,
+        ));
+        v.verify_client_cert(&chain[0], &chain[1..], later)
+            .map_err(|e| {
+                anyhow!("the client certificate does not pass within {RENEW_BEFORE_DAYS} days: {e}")
+            })?;
+        Ok(())
+    };
+    let mut issued = None;
+    let mut loaded = read_pair(&cert_path, &key_path)
+        .and_then(|(chain, key)| check_client(&chain).map(|()| (chain, key)));
+    if let Err(why) = &loaded {
+        issued = Some(format!("{why:#}"));
+        let ca_key_path = dir.join("ca.key");
+        let ca_key = std::fs::read_to_string(&ca_key_path)
+            .with_context(|| format!("reading the site CA key {}", ca_key_path.display()))?;
+        let ca_key = KeyPair::from_pem(&ca_key)
+            .with_context(|| format!("parsing the site CA key {}", ca_key_path.display()))?;
+        issue_client(&ca_key, &ca_pem, &cert_path, &key_path)?;
+        loaded = read_pair(&cert_path, &key_path)
+            .and_then(|(chain, key)| check_client(&chain).map(|()| (chain, key)));
+    }
+    let (client_chain, client_key) =
+        loaded.context("checking the newly issued client certificate against the site CA")?;
+    Ok(PartnerMaterial {
+        ca_fingerprint: fingerprint(&ca_der),
+        ca_pem,
+        server_chain,
+        server_key,
+        client_chain,
+        client_key,
+        issued,
+    })
+}
+
+fn read_pair(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    if !cert_path.exists() {
+        bail!("there is no {} yet", cert_path.display());
+    }
+    let chain = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading {}", cert_path.display()))?;
+    if chain.is_empty() {
+        bail!("{} holds no certificate", cert_path.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .with_context(|| format!("reading {}", key_path.display()))?;
+    Ok((chain, key))
+}
+
+fn issue_client(ca_key: &KeyPair, ca_pem: &str, cert_path: &Path, key_path: &Path) -> Result<()> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "ferry site client");
+    dn.push(DnType::OrganizationName, ORGANIZATION);
+    params.distinguished_name = dn;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    validity(&mut params, SERVER_VALID_DAYS);
+    let key = KeyPair::generate().context("generating the client key")?;
+    let issuer = Issuer::new(ca_params(), ca_key);
+    let cert = params
+        .signed_by(&key, &issuer)
+        .context("issuing the client certificate")?;
+    write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
+    write_file(
+        cert_path,
+        format!("{}{ca_pem}", cert.pem()).as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
 /// Writes a file atomically with the given mode (see
 /// [`ferry_api::auth::write_atomic`]).
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
@@ -393,6 +512,25 @@ mod tests {
         std::fs::remove_file(tls.join("server.pem")).unwrap();
         let err = load_or_create(&tls, &names(&[])).err().expect("no CA key");
         assert!(format!("{err:#}").contains("ca.key"), "{err:#}");
+    }
+
+    #[test]
+    fn the_client_certificate_is_made_once_and_chains_to_the_ca() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        let id = load_or_create(&tls, &names(&[])).unwrap();
+        let a = partner_material(&tls).unwrap();
+        assert!(a.issued.is_some());
+        assert_eq!(a.ca_fingerprint, id.ca_fingerprint);
+        let mode = std::fs::metadata(tls.join("client.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = partner_material(&tls).unwrap();
+        assert!(b.issued.is_none(), "{:?}", b.issued);
+        assert_eq!(a.client_chain[0], b.client_chain[0]);
     }
 
     #[test]

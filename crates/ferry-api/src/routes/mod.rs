@@ -6,6 +6,7 @@ mod admin;
 mod exports;
 mod groups;
 mod jobs;
+pub mod partners;
 mod snapshots;
 mod volumes;
 
@@ -482,6 +483,85 @@ pub fn table() -> Vec<RouteInfo> {
             admin::token_delete,
         )
         .plan(admin::plan_token_delete)
+        .no_content(),
+        route(
+            M::GET,
+            "/v1/site",
+            "site.get",
+            P::PartnerRead,
+            "Show this site: its name, CA fingerprint and partner address",
+            partners::site_get,
+        )
+        .reply::<partners::SiteInfo>(S::OK),
+        route(
+            M::PUT,
+            "/v1/site",
+            "site.set",
+            P::PartnerWrite,
+            "Name this site (refused once it has partners)",
+            partners::site_set,
+        )
+        .plan(partners::plan_site_set)
+        .body::<partners::SetSite>()
+        .reply::<partners::SiteInfo>(S::OK),
+        route(
+            M::GET,
+            "/v1/partners",
+            "partner.list",
+            P::PartnerRead,
+            "List partners",
+            partners::list,
+        )
+        .list::<ferry_store::PartnerInfo>(),
+        route(
+            M::POST,
+            "/v1/partners",
+            "partner.pair",
+            P::PartnerWrite,
+            "Pair with the site that issued a pairing token",
+            partners::pair,
+        )
+        .plan(partners::plan_pair)
+        .body::<partners::PairRequest>()
+        .reply::<ferry_store::PartnerInfo>(S::CREATED),
+        route(
+            M::POST,
+            "/v1/partners/tokens",
+            "partner.token",
+            P::PartnerWrite,
+            "Make a one-time pairing token for another site",
+            partners::token_create,
+        )
+        .plan(partners::plan_token_create)
+        .body::<partners::CreatePairToken>()
+        .reply::<partners::NewPairToken>(S::CREATED),
+        route(
+            M::GET,
+            "/v1/partners/{name}",
+            "partner.get",
+            P::PartnerRead,
+            "Show a partner",
+            partners::get,
+        )
+        .reply::<ferry_store::PartnerInfo>(S::OK),
+        route(
+            M::GET,
+            "/v1/partners/{name}/hello",
+            "partner.hello",
+            P::PartnerRead,
+            "Call a partner over mutual TLS: how it knows this site, and its name",
+            partners::hello,
+        )
+        .reply::<crate::site::PartnerHello>(S::OK),
+        route(
+            M::DELETE,
+            "/v1/partners/{name}",
+            "partner.unpair",
+            P::PartnerWrite,
+            "Unpair a partner; its connections are refused from the next handshake",
+            partners::unpair,
+        )
+        .plan(partners::plan_unpair)
         .no_content(),
     ]
 }

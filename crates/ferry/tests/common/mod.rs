@@ -43,6 +43,8 @@ pub struct Daemon {
     pub addr: String,
     /// Where NBD clients connect: `HOST:PORT`.
     pub nbd: String,
+    /// The partner listener, `HOST:PORT` (empty when ferryd did not start one).
+    pub partner: String,
     pub data: PathBuf,
     /// The admin token from `DATA/admin.token`.
     pub admin: String,
@@ -58,8 +60,8 @@ impl Daemon {
         Daemon::spawn(data, &[], &[])
     }
 
-    /// Like [`Daemon::start`] with more flags; `--api 127.0.0.1:0` unless
-    /// `args` give `--api`.
+    /// Like [`Daemon::start`] with more flags; `--api`, `--nbd` and
+    /// `--partner-listen` are `127.0.0.1:0` unless `args` give them.
     pub fn start_with(data: &Path, args: &[&str]) -> Daemon {
         Daemon::spawn(data, args, &[])
     }
@@ -82,6 +84,9 @@ impl Daemon {
         }
         if !args.contains(&"--nbd") {
             command.arg("--nbd").arg("127.0.0.1:0");
+        }
+        if !args.contains(&"--partner-listen") {
+            command.arg("--partner-listen").arg("127.0.0.1:0");
         }
         let mut child = command
             .arg("--data")
@@ -111,6 +116,7 @@ impl Daemon {
             url: String::new(),
             addr: String::new(),
             nbd: String::new(),
+            partner: String::new(),
             data: data.to_path_buf(),
             admin: String::new(),
             startup: Vec::new(),
@@ -132,6 +138,13 @@ impl Daemon {
             d.startup.push(line.clone());
             if let Some(rest) = line.strip_prefix("ferryd: NBD listening on nbd://") {
                 d.nbd = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            if let Some(rest) = line.strip_prefix("ferryd: partner listener on https://") {
+                d.partner = rest
                     .split_whitespace()
                     .next()
                     .unwrap_or_default()

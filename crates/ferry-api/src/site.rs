@@ -1,0 +1,63 @@
+//! What the API needs of the daemon for sites and partners: this site's TLS
+//! identity, its partner listener's address, and a way to ask another site
+//! to pair. The daemon (`ferryd`) owns the certificates and the HTTPS client
+//! and implements [`SiteLink`]; the API keeps the records through the store.
+//!
+//! Must not: hold secrets beyond one call; a pairing token's secret is
+//! passed through and never logged.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use ferry_store::partner_token::PartnerToken;
+
+use crate::error::ApiResult;
+
+/// What a site answered when it accepted a pairing.
+#[derive(Clone, Debug)]
+pub struct PairAnswer {
+    /// The site's own name.
+    pub name: String,
+    /// Its CA certificate, PEM.
+    pub ca_pem: String,
+    /// SHA-256 of that certificate, colon-separated hex (checked against
+    /// the token's).
+    pub ca_fingerprint: String,
+}
+
+/// What a partner's listener answered to `GET /partner/v1/hello`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PartnerHello {
+    /// This site, as the partner knows it (by the CA that verified this
+    /// site's client certificate).
+    pub partner: String,
+    /// The partner's own name.
+    pub site: String,
+}
+
+/// A boxed future, for a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The daemon's side of sites and partners.
+pub trait SiteLink: Send + Sync + fmt::Debug {
+    /// SHA-256 of this site's CA certificate, colon-separated hex.
+    fn ca_fingerprint(&self) -> String;
+    /// This site's CA certificate, PEM.
+    fn ca_pem(&self) -> String;
+    /// Where partners reach this site's partner listener, `HOST:PORT`.
+    fn partner_address(&self) -> String;
+    /// Asks the site that issued `token` to pair with this one, which it
+    /// knows by `site_name`; returns what it answered. Records nothing here.
+    fn pair<'a>(
+        &'a self,
+        token: &'a PartnerToken,
+        site_name: &'a str,
+    ) -> BoxFuture<'a, ApiResult<PairAnswer>>;
+    /// Calls a partner's `GET /partner/v1/hello` over mutual TLS (this
+    /// site's client certificate, the partner's CA as the only trust).
+    fn hello<'a>(
+        &'a self,
+        partner: &'a ferry_store::PartnerInfo,
+    ) -> BoxFuture<'a, ApiResult<PartnerHello>>;
+}

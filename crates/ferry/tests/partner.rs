@@ -1,0 +1,301 @@
+//! Sites and partners end to end: real `ferryd`s on loopback with their own
+//! data directories and site CAs, paired with a one-time token, calling each
+//! other over mutual TLS; raw rustls clients with a site's client
+//! certificate against another site's partner listener.
+//!
+//! Build the daemon first: `cargo build --workspace --bins`.
+
+mod common;
+
+use common::Daemon;
+use ferry_store::partner_token::PartnerToken;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `GET path` on a partner listener at `addr` trusting only `ca`, with the
+/// client certificate in `tls_dir` (`client.pem`, `client.key`). Err when
+/// the handshake or the exchange fails; Ok(the whole HTTP answer).
+fn mtls_get(addr: &str, ca: &Path, tls_dir: &Path, path: &str) -> Result<String, String> {
+    request(addr, ca, Some(tls_dir), "GET", path, "")
+}
+
+/// One HTTP/1.1 request over TLS, with a client certificate or none.
+fn request(
+    addr: &str,
+    ca: &Path,
+    tls_dir: Option<&Path>,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match tls_dir {
+        Some(dir) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(dir.join("client.pem"))
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect();
+            let key = PrivateKeyDer::from_pem_file(dir.join("client.key")).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let host = addr.rsplit_once(':').unwrap().0;
+    let name = ServerName::try_from(host.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+    Ok(answer)
+}
+
+fn hello(from: &Daemon, to: &Daemon) -> Result<String, String> {
+    mtls_get(
+        &to.partner,
+        &to.ca(),
+        &from.data.join("tls"),
+        "/partner/v1/hello",
+    )
+}
+
+fn names(d: &Daemon) -> Vec<String> {
+    d.json(&["partner", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn token(d: &Daemon, ttl: &str) -> String {
+    let out = d.ferry(&["partner", "token", "--ttl", ttl]).ok();
+    let t = out.stdout.trim().to_owned();
+    assert!(t.starts_with("ferrypair1-"), "{t:?}");
+    t
+}
+
+#[test]
+fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (da, db, dc) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    let mut a = Daemon::start(&da);
+    let mut b = Daemon::start(&db);
+    let c = Daemon::start(&dc);
+    assert!(!a.partner.is_empty(), "{:?}", a.startup);
+    // a site has a valid name from the start; init renames it before pairing
+    let first = a.json(&["site", "show"]);
+    assert!(!first["name"].as_str().unwrap().is_empty());
+    a.ferry(&["site", "init", "--name", "site-a"]).ok();
+    b.ferry(&["site", "init", "--name", "site-b"]).ok();
+    c.ferry(&["site", "init", "--name", "site-c"]).ok();
+    let site_a = a.json(&["site", "show"]);
+    assert_eq!(site_a["name"], "site-a");
+    assert_eq!(site_a["partner_address"], a.partner.as_str());
+    let a_fp = site_a["ca_fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(a_fp.len(), 32 * 3 - 1);
+    a.ferry(&["site", "init", "--name", "Bad Name"])
+        .code(1)
+        .complains("site");
+
+    // nobody is paired: hello is refused, even the pairing site's
+    assert!(hello(&b, &a).is_err());
+
+    // a token names A's address and CA; B pairs with it
+    let t = token(&a, "15m");
+    let decoded = PartnerToken::decode(&t).unwrap();
+    assert_eq!(decoded.address, a.partner);
+    a.ferry(&["partner", "pair", &t])
+        .code(1)
+        .complains("itself");
+    let paired = b.json(&["partner", "pair", &t]);
+    // the secret is in no log, audit record or file of either site but the
+    // token as printed (A keeps only its hash)
+    let secret: String = decoded.secret.iter().map(|x| format!("{x:02x}")).collect();
+    for d in [&a, &b] {
+        assert!(!d.log_text().contains(&secret), "a log holds the secret");
+        let audit = std::fs::read_to_string(d.data.join("audit.log")).unwrap();
+        assert!(!audit.contains(&secret) && !audit.contains(&t));
+    }
+    assert_eq!(paired["name"], "site-a");
+    assert_eq!(paired["ca_fingerprint"], a_fp.as_str());
+    assert_eq!(names(&a), ["site-b"]);
+    assert_eq!(names(&b), ["site-a"]);
+    let on_a = a.json(&["partner", "show", "site-b"]);
+    assert_eq!(on_a["address"], b.partner.as_str());
+    a.ferry(&["partner", "list"]).ok().says("site-b");
+
+    // mutual TLS both ways, with each site's own client certificate
+    let ab = hello(&b, &a).expect("B's client certificate is accepted by A");
+    assert!(ab.starts_with("HTTP/1.1 200"), "{ab}");
+    assert!(
+        ab.contains(r#""partner":"site-b""#) && ab.contains(r#""site":"site-a""#),
+        "{ab}"
+    );
+    let ba = hello(&a, &b).expect("A's client certificate is accepted by B");
+    assert!(ba.contains(r#""partner":"site-a""#), "{ba}");
+    // and through the daemons
+    let via = b.json(&["partner", "hello", "site-a"]);
+    assert_eq!(via["partner"], "site-b");
+    assert_eq!(via["site"], "site-a");
+    assert_eq!(a.json(&["partner", "hello", "site-b"])["partner"], "site-a");
+
+    // an unpaired site's client certificate is refused at the handshake
+    assert!(hello(&c, &a).is_err());
+
+    // the token was used: refused the second time, nothing recorded
+    c.ferry(&["partner", "pair", &t])
+        .code(5)
+        .complains("not known");
+    // an expired token (a ttl of 0 is expired once issued)
+    let expired = token(&a, "0s");
+    c.ferry(&["partner", "pair", &expired])
+        .code(5)
+        .complains("expired");
+    // a wrong secret with the right address and CA
+    let mut wrong = PartnerToken::decode(&token(&a, "15m")).unwrap();
+    wrong.secret[0] ^= 1;
+    c.ferry(&["partner", "pair", &wrong.encode()])
+        .code(5)
+        .complains("not known");
+    // a token naming another CA: C will not talk to A (pinned), nothing is sent
+    let mut pinned = PartnerToken::decode(&token(&a, "15m")).unwrap();
+    pinned.ca_fingerprint[0] ^= 1;
+    c.ferry(&["partner", "pair", &pinned.encode()])
+        .code(1)
+        .complains("fingerprint");
+    // malformed pairing requests straight to A's listener (no client
+    // certificate needed there): named, and nothing recorded
+    let pair =
+        |body: &str| request(&a.partner, &a.ca(), None, "POST", "/partner/v1/pair", body).unwrap();
+    let r = pair("{not json");
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let c_ca = std::fs::read_to_string(c.ca()).unwrap();
+    let body = |secret: &str, ca: &str, address: &str| {
+        serde_json::json!({"secret": secret, "name": "site-c", "ca_pem": ca, "address": address})
+            .to_string()
+    };
+    let r = pair(&body("00", &c_ca, &c.partner));
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("secret"), "{r}");
+    let r = pair(&body(&"ab".repeat(32), "not a certificate", &c.partner));
+    assert!(r.starts_with("HTTP/1.1 400") && r.contains("ca_pem"), "{r}");
+    let r = pair(&body(&"ab".repeat(32), &c_ca, "nowhere"));
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("address"),
+        "{r}"
+    );
+    let r = pair(&body(&"ab".repeat(32), &c_ca, &c.partner));
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("not known"),
+        "{r}"
+    );
+    // without a client certificate, hello is refused
+    let r = request(&a.partner, &a.ca(), None, "GET", "/partner/v1/hello", "").unwrap();
+    assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    assert_eq!(names(&a), ["site-b"]);
+    // a mistyped token is caught before anything is asked
+    c.ferry(&["partner", "pair", "ferrypair1-00"])
+        .code(1)
+        .complains("bytes long");
+    assert_eq!(names(&a), ["site-b"]);
+    assert!(names(&c).is_empty());
+    // a name already used here
+    let t2 = token(&c, "15m");
+    a.ferry(&["partner", "pair", &t2, "--name-as", "site-b"])
+        .code(4)
+        .complains("already exists");
+    assert_eq!(names(&a), ["site-b"]);
+    assert!(names(&c).is_empty());
+    // renaming is refused while partners know the name
+    a.ferry(&["site", "init", "--name", "site-z"])
+        .code(4)
+        .complains("unpair");
+
+    // both survive a restart (on the same partner ports)
+    let (pa, pb) = (a.partner.clone(), b.partner.clone());
+    assert!(a.terminate().0.success());
+    assert!(b.terminate().0.success());
+    let a = Daemon::start_with(&da, &["--partner-listen", &pa]);
+    let b = Daemon::start_with(&db, &["--partner-listen", &pb]);
+    assert_eq!(names(&a), ["site-b"]);
+    assert_eq!(names(&b), ["site-a"]);
+    assert_eq!(a.json(&["site", "show"])["name"], "site-a");
+    assert_eq!(b.json(&["partner", "hello", "site-a"])["partner"], "site-b");
+    assert!(hello(&b, &a).unwrap().contains(r#""partner":"site-b""#));
+
+    // unpairing shuts B out of A from the next handshake
+    a.ferry(&["partner", "unpair", "site-b"]).ok();
+    assert!(names(&a).is_empty());
+    assert!(hello(&b, &a).is_err());
+    b.ferry(&["partner", "hello", "site-a"])
+        .code(1)
+        .complains("site-a");
+    // B still trusts A until B unpairs too
+    assert!(hello(&a, &b).is_ok());
+    b.ferry(&["partner", "unpair", "site-a"]).ok();
+    assert!(hello(&a, &b).is_err());
+}
+
+#[test]
+fn only_admins_name_the_site_and_pair_operators_look_users_see_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("a"));
+    d.ferry(&["user", "create", "olga", "--role", "operator"])
+        .ok();
+    d.ferry(&["user", "create", "uma", "--role", "user", "--grant", "t=v"])
+        .ok();
+    let token_of = |user: &str| {
+        d.json(&["token", "create", user])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (olga, uma) = (token_of("olga"), token_of("uma"));
+    d.ferry_as(&olga, &["site", "show"]).ok();
+    d.ferry_as(&olga, &["partner", "list"]).ok();
+    d.ferry_as(&olga, &["partner", "token"]).code(5);
+    d.ferry_as(&olga, &["site", "init", "--name", "x"]).code(5);
+    d.ferry_as(&olga, &["partner", "unpair", "x"]).code(5);
+    d.ferry_as(&uma, &["site", "show"]).code(5);
+    d.ferry_as(&uma, &["partner", "list"]).code(5);
+    // the denials are audited, with no token in them
+    let audit = d.json(&["audit", "list"]);
+    let denied: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "denied")
+        .map(|r| r["action"].as_str().unwrap().to_owned())
+        .collect();
+    for action in ["partner.token", "site.set", "partner.unpair"] {
+        assert!(denied.iter().any(|a| a == action), "{action}: {denied:?}");
+    }
+    // a dry run of a token changes nothing and hands out nothing
+    let plan = d.json(&["--dry-run", "partner", "token"]);
+    assert_eq!(plan["action"], "partner.token");
+    assert!(plan.get("token").is_none());
+}

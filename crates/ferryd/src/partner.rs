@@ -1,0 +1,647 @@
+//! The partner listener and the calls this site makes to partners: HTTPS
+//! where the client certificate must chain to the CA of a paired partner.
+//!
+//! ```text
+//! GET  /partner/v1/hello   mutual TLS: who the caller is (the partner whose
+//!                          CA verified its certificate) and this site's name
+//! POST /partner/v1/pair    no client certificate needed: presents a pairing
+//!                          token's secret, the caller's name, CA and address;
+//!                          answers this site's name and CA
+//! ```
+//!
+//! Invariants: the set of trusted CAs is read from the store's partner
+//! records at every handshake (and again for every request), so a pairing
+//! lets the new partner in from its next handshake and an unpairing shuts it
+//! out from its next one; there is no copy to rebuild or forget. A client
+//! that offers a certificate no partner's CA verifies is refused during the
+//! handshake. Only `/partner/v1/pair` serves a connection without one.
+//!
+//! Calls to a site not yet paired (the pairing itself) pin its CA by the
+//! SHA-256 fingerprint the token carries: its server certificate must be
+//! issued by a CA of that fingerprint, whatever names it holds.
+//!
+//! Must not: log a token's secret, or record anything for a refused pairing.
+
+use anyhow::{Context, Result};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json, Router};
+use ferry_api::site::{BoxFuture, PairAnswer, PartnerHello, SiteLink};
+use ferry_api::{ApiError, ApiResult, AppState};
+use ferry_store::partner_token::{PartnerToken, address_ok, fingerprint_text};
+use ferry_store::{NewPartner, StoreError};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::serve::PeerCertificates;
+use crate::tls::{self, PartnerMaterial};
+
+/// How long a pairing call to another site may take.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The body of `POST /partner/v1/pair`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairBody {
+    /// The token's secret, hex.
+    pub secret: String,
+    /// The caller's site name.
+    pub name: String,
+    /// The caller's CA certificate, PEM.
+    pub ca_pem: String,
+    /// The caller's partner listener, `HOST:PORT`.
+    pub address: String,
+}
+
+/// The answer of `POST /partner/v1/pair`.
+#[derive(Serialize, Deserialize)]
+pub struct PairReply {
+    pub name: String,
+    pub ca_pem: String,
+}
+
+/// The name of the partner whose CA verifies `end_entity` as a client
+/// certificate, if any.
+fn identify(
+    store: &ferry_store::Store,
+    provider: &Arc<CryptoProvider>,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Option<String> {
+    store.list_partners().into_iter().find_map(|p| {
+        let ca = CertificateDer::from_pem_slice(p.ca_pem.as_bytes()).ok()?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca).ok()?;
+        let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .ok()?;
+        v.verify_client_cert(end_entity, intermediates, now)
+            .ok()
+            .map(|_| p.name)
+    })
+}
+
+/// Accepts a client certificate when a paired partner's CA verifies it;
+/// accepts a connection without one (only the pairing route serves it).
+#[derive(Debug)]
+struct PartnerVerifier {
+    store: ferry_store::Store,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientCertVerifier for PartnerVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        match identify(&self.store, &self.provider, end_entity, intermediates, now) {
+            Some(_) => Ok(ClientCertVerified::assertion()),
+            None => Err(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            )),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Accepts a server certificate issued by the CA of a given fingerprint
+/// (found in the chain the server sends), for any server name.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| tls::fingerprint(c) == self.fingerprint)
+            .ok_or(rustls::Error::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ))?;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+        let v = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+        match v.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Ok(ok) => Ok(ok),
+            // the pinned CA is the identity; the names are whatever the site serves
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The partner listener's TLS configuration: the API's server certificate,
+/// client certificates checked against the partners' CAs.
+pub fn server_config(
+    material: &PartnerMaterial,
+    store: &ferry_store::Store,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let provider = tls::provider();
+    let verifier = Arc::new(PartnerVerifier {
+        store: store.clone(),
+        provider: provider.clone(),
+    });
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("choosing TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            material.server_chain.clone(),
+            material.server_key.clone_key(),
+        )
+        .context("using the server certificate for the partner listener")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The daemon's side of sites and partners, for the API.
+pub struct Link {
+    client_chain: Vec<CertificateDer<'static>>,
+    client_key: rustls::pki_types::PrivateKeyDer<'static>,
+    ca_pem: String,
+    ca_fingerprint: String,
+    address: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("ca_fingerprint", &self.ca_fingerprint)
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Link {
+    pub fn new(material: &PartnerMaterial, address: String) -> Link {
+        Link {
+            client_chain: material.client_chain.clone(),
+            client_key: material.client_key.clone_key(),
+            ca_pem: material.ca_pem.clone(),
+            ca_fingerprint: material.ca_fingerprint.clone(),
+            address,
+            provider: tls::provider(),
+        }
+    }
+
+    async fn call_pair(&self, token: &PartnerToken, site_name: &str) -> ApiResult<PairAnswer> {
+        let pin = fingerprint_text(&token.ca_fingerprint);
+        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ApiError::internal(format!("choosing TLS versions: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCa {
+                fingerprint: pin.clone(),
+                provider: self.provider.clone(),
+            }))
+            .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .timeout(PAIR_TIMEOUT)
+            .build()
+            .map_err(|e| ApiError::internal(format!("making the HTTPS client: {e}")))?;
+        let body = PairBody {
+            secret: token.secret.iter().map(|b| format!("{b:02x}")).collect(),
+            name: site_name.to_owned(),
+            ca_pem: self.ca_pem.clone(),
+            address: self.address.clone(),
+        };
+        let url = format!("https://{}/partner/v1/pair", token.address);
+        let unreachable = |e: reqwest::Error| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "partner_unreachable",
+                format!(
+                    "asking the site at {} to pair: {} (is its partner listener there, and does its CA have the fingerprint the token names?)",
+                    token.address,
+                    error_chain(&e)
+                ),
+            )
+        };
+        let resp = http
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or(text);
+            return Err(ApiError::new(
+                if status == StatusCode::FORBIDDEN {
+                    StatusCode::FORBIDDEN
+                } else {
+                    StatusCode::BAD_GATEWAY
+                },
+                "pairing_refused",
+                format!("the site at {} refused to pair: {message}", token.address),
+            )
+            .field("token"));
+        }
+        let reply: PairReply = resp.json().await.map_err(unreachable)?;
+        let der = CertificateDer::from_pem_slice(reply.ca_pem.as_bytes()).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "partner_mismatch",
+                format!("the site answered a CA certificate that does not parse: {e}"),
+            )
+        })?;
+        Ok(PairAnswer {
+            name: reply.name,
+            ca_fingerprint: tls::fingerprint(&der),
+            ca_pem: reply.ca_pem,
+        })
+    }
+}
+
+impl Link {
+    async fn call_hello(&self, p: &ferry_store::PartnerInfo) -> ApiResult<PartnerHello> {
+        let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ApiError::internal(format!("choosing TLS versions: {e}")))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCa {
+                fingerprint: p.ca_fingerprint.clone(),
+                provider: self.provider.clone(),
+            }))
+            .with_client_auth_cert(self.client_chain.clone(), self.client_key.clone_key())
+            .map_err(|e| ApiError::internal(format!("using the client certificate: {e}")))?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .timeout(PAIR_TIMEOUT)
+            .build()
+            .map_err(|e| ApiError::internal(format!("making the HTTPS client: {e}")))?;
+        let failed = |what: String| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "partner_unreachable",
+                format!("calling partner {} at {}: {what}", p.name, p.address),
+            )
+        };
+        let resp = http
+            .get(format!("https://{}/partner/v1/hello", p.address))
+            .send()
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(failed(format!("it answered {status}: {text}")));
+        }
+        resp.json().await.map_err(|e| failed(error_chain(&e)))
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+impl SiteLink for Link {
+    fn ca_fingerprint(&self) -> String {
+        self.ca_fingerprint.clone()
+    }
+
+    fn ca_pem(&self) -> String {
+        self.ca_pem.clone()
+    }
+
+    fn partner_address(&self) -> String {
+        self.address.clone()
+    }
+
+    fn pair<'a>(
+        &'a self,
+        token: &'a PartnerToken,
+        site_name: &'a str,
+    ) -> BoxFuture<'a, ApiResult<PairAnswer>> {
+        Box::pin(self.call_pair(token, site_name))
+    }
+
+    fn hello<'a>(
+        &'a self,
+        partner: &'a ferry_store::PartnerInfo,
+    ) -> BoxFuture<'a, ApiResult<PartnerHello>> {
+        Box::pin(self.call_hello(partner))
+    }
+}
+
+/// What the partner listener's handlers share.
+#[derive(Clone)]
+struct PartnerState {
+    app: AppState,
+    ca_pem: String,
+    ca_fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+/// The partner listener's routes.
+pub fn router(app: AppState, material: &PartnerMaterial) -> Router {
+    let state = PartnerState {
+        app,
+        ca_pem: material.ca_pem.clone(),
+        ca_fingerprint: material.ca_fingerprint.clone(),
+        provider: tls::provider(),
+    };
+    Router::new()
+        .route("/partner/v1/hello", axum::routing::get(hello))
+        .route("/partner/v1/pair", axum::routing::post(pair))
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+async fn hello(
+    State(st): State<PartnerState>,
+    peer: Option<Extension<PeerCertificates>>,
+) -> Response {
+    let Some(Extension(PeerCertificates(Some(chain)))) = peer else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "this endpoint needs a client certificate from a paired partner",
+        )
+        .into_response();
+    };
+    let who = identify(
+        st.app.store(),
+        &st.provider,
+        &chain[0],
+        &chain[1..],
+        UnixTime::now(),
+    );
+    let Some(partner) = who else {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_a_partner",
+            "the client certificate is not from a paired partner",
+        )
+        .into_response();
+    };
+    let site = st.app.store().site_name().unwrap_or_default();
+    Json(PartnerHello { partner, site }).into_response()
+}
+
+fn bad(message: impl Into<String>, field: &str) -> ApiError {
+    ApiError::bad_request(message).field(field)
+}
+
+async fn pair(
+    State(st): State<PartnerState>,
+    body: Result<Json<PairBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let outcome = accept(&st, body).await;
+    let (status, name) = match &outcome {
+        Ok((_, name)) => (StatusCode::OK, name.clone()),
+        Err((e, name)) => (e.status, name.clone()),
+    };
+    let actor = format!("site:{}", if name.is_empty() { "?" } else { &name });
+    if let Err(e) = st.app.audit().append(
+        &actor,
+        "partner.accept",
+        &format!("/partner/v1/pair/{name}"),
+        if outcome.is_ok() { "ok" } else { "failed" },
+        status.as_u16(),
+    ) {
+        tracing::error!(error = %e, "appending to the audit log failed");
+    }
+    match outcome {
+        Ok((reply, name)) => {
+            tracing::info!(partner = %name, "paired with a new partner");
+            Json(reply).into_response()
+        }
+        Err((e, name)) => {
+            tracing::warn!(partner = %name, error = %e.message, "refused a pairing request");
+            e.into_response()
+        }
+    }
+}
+
+type Accepted = std::result::Result<(PairReply, String), (ApiError, String)>;
+
+async fn accept(
+    st: &PartnerState,
+    body: Result<Json<PairBody>, axum::extract::rejection::JsonRejection>,
+) -> Accepted {
+    let Json(req) = body.map_err(|e| (bad(e.body_text(), "body"), String::new()))?;
+    let name = req.name.clone();
+    let fail = |e: ApiError| (e, name.clone());
+    if req.secret.len() != 64 || !req.secret.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(fail(bad("secret must be 64 hex digits", "secret")));
+    }
+    let secret: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&req.secret[2 * i..2 * i + 2], 16).unwrap_or(0))
+        .collect();
+    if !address_ok(&req.address) {
+        return Err(fail(bad("address must be HOST:PORT", "address")));
+    }
+    let der = CertificateDer::from_pem_slice(req.ca_pem.as_bytes()).map_err(|e| {
+        fail(bad(
+            format!("ca_pem is not a PEM certificate: {e}"),
+            "ca_pem",
+        ))
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der.clone()).map_err(|e| {
+        fail(bad(
+            format!("ca_pem cannot serve as a trust anchor: {e}"),
+            "ca_pem",
+        ))
+    })?;
+    let fp = tls::fingerprint(&der);
+    let hash = ferry_api::routes::partners::secret_hash(&secret);
+    let own_fp = st.ca_fingerprint.clone();
+    let app = st.app.clone();
+    let ca_pem = req.ca_pem.clone();
+    let address = req.address.clone();
+    let pname = name.clone();
+    let recorded = tokio::task::spawn_blocking(move || {
+        app.store().accept_pairing(
+            &hash,
+            &own_fp,
+            NewPartner {
+                name: &pname,
+                address: &address,
+                ca_fingerprint: &fp,
+                ca_pem: &ca_pem,
+            },
+        )
+    })
+    .await
+    .map_err(|e| fail(ApiError::internal(format!("a worker failed: {e}"))))?;
+    recorded.map_err(|e: StoreError| fail(e.into()))?;
+    let site = st.app.store().site_name().unwrap_or_default();
+    Ok((
+        PairReply {
+            name: site,
+            ca_pem: st.ca_pem.clone(),
+        },
+        name,
+    ))
+}
+
+/// The address partners are told to reach this site at: the bound one,
+/// with the hostname for an unspecified IP.
+pub fn advertised(bound: std::net::SocketAddr) -> String {
+    if bound.ip().is_unspecified()
+        && let Some(h) = tls::hostname()
+    {
+        return format!("{h}:{}", bound.port());
+    }
+    bound.to_string()
+}
+
+/// A valid site name made from the hostname: lowercase, other characters
+/// as `-`, at most 63; `site` when nothing is left.
+pub fn default_site_name() -> String {
+    let host = tls::hostname().unwrap_or_default();
+    let host = host.split('.').next().unwrap_or("").to_ascii_lowercase();
+    let mut name: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name = name.trim_start_matches(['-', '_']).to_owned();
+    name.truncate(63);
+    if ferry_store::validate_name("site", &name).is_err() {
+        return "site".to_owned();
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_site_name_is_valid() {
+        assert!(ferry_store::validate_name("site", &default_site_name()).is_ok());
+    }
+}
