@@ -8,7 +8,13 @@ const MIB: u64 = 1 << 20;
 
 fn fio(f: &Fixture, args: &[&str]) -> String {
     let uri = format!("--uri={}", f.uri("disk"));
-    let mut all = vec!["--ioengine=nbd", uri.as_str(), "--output-format=normal"];
+    // No verify state files left in the working directory.
+    let mut all = vec![
+        "--ioengine=nbd",
+        uri.as_str(),
+        "--output-format=normal",
+        "--verify_state_save=0",
+    ];
     all.extend_from_slice(args);
     let out = run("fio", &all);
     assert!(!out.contains("verify: bad"), "{out}");
