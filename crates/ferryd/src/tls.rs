@@ -250,17 +250,39 @@ fn issue_server(
                 .map_err(|e| anyhow!("the name {n:?} cannot go into a certificate: {e}")),
         })
         .collect::<Result<_>>()?;
+    let ca_pem = std::fs::read_to_string(ca_path)
+        .with_context(|| format!("reading {}", ca_path.display()))?;
+    issue_leaf(
+        params,
+        ExtendedKeyUsagePurpose::ServerAuth,
+        "server",
+        ca_key,
+        &ca_pem,
+        cert_path,
+        key_path,
+    )
+}
+
+/// Signs `params` (a leaf for `usage`) with a new key and the site CA, then
+/// writes the key (0600) before the certificate followed by the CA's.
+fn issue_leaf(
+    mut params: CertificateParams,
+    usage: ExtendedKeyUsagePurpose,
+    what: &str,
+    ca_key: &KeyPair,
+    ca_pem: &str,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<()> {
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
     validity(&mut params, SERVER_VALID_DAYS);
-    let key = KeyPair::generate().context("generating the server key")?;
+    let key = KeyPair::generate().with_context(|| format!("generating the {what} key"))?;
     let issuer = Issuer::new(ca_params(), ca_key);
     let cert = params
         .signed_by(&key, &issuer)
-        .context("issuing the server certificate")?;
-    let ca_pem = std::fs::read_to_string(ca_path)
-        .with_context(|| format!("reading {}", ca_path.display()))?;
+        .with_context(|| format!("issuing the {what} certificate"))?;
     write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
     write_file(
         cert_path,
@@ -435,22 +457,15 @@ fn issue_client(ca_key: &KeyPair, ca_pem: &str, cert_path: &Path, key_path: &Pat
     dn.push(DnType::CommonName, "ferry site client");
     dn.push(DnType::OrganizationName, ORGANIZATION);
     params.distinguished_name = dn;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.use_authority_key_identifier_extension = true;
-    validity(&mut params, SERVER_VALID_DAYS);
-    let key = KeyPair::generate().context("generating the client key")?;
-    let issuer = Issuer::new(ca_params(), ca_key);
-    let cert = params
-        .signed_by(&key, &issuer)
-        .context("issuing the client certificate")?;
-    write_file(key_path, key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(
+    issue_leaf(
+        params,
+        ExtendedKeyUsagePurpose::ClientAuth,
+        "client",
+        ca_key,
+        ca_pem,
         cert_path,
-        format!("{}{ca_pem}", cert.pem()).as_bytes(),
-        0o644,
-    )?;
-    Ok(())
+        key_path,
+    )
 }
 
 /// Writes a file atomically with the given mode (see
