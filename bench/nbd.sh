@@ -103,22 +103,29 @@ for port in $port_ferry $port_nbdkit $port_qemu; do
     fio --output-format=terse --ioengine=nbd --uri="$(uri "$port")" --name=fill --rw=write --bs=4k \
         --iodepth=32 --size="${size_gib}G" --refill_buffers >/dev/null
 done
+sync
 
 jobs=("randread 4k 32" "randwrite 4k 32" "read 1m 8" "write 1m 8")
 labels=("4 KiB random read QD32" "4 KiB random write QD32" "1 MiB sequential read QD8" "1 MiB sequential write QD8")
 declare -A res
-measure() { # tag port pid
-    local tag=$1 port=$2 pid=$3 i
-    for i in "${!jobs[@]}"; do
-        read -r rw bs depth <<<"${jobs[$i]}"
-        res[$tag,$i]="$(fio_run "$port" "$rw" "$rw" "$bs" "$depth" "$pid")"
-        echo "  $tag: ${labels[$i]}: ${res[$tag,$i]}"
+# One job at a time on every target in turn, each run starting with no dirty
+# pages left by an earlier one (`sync`): whoever runs first would otherwise
+# pay for the write-back of everyone's fill and earlier jobs.
+measure_job() { # index tag port pid [tag port pid ...]
+    local i=$1 rw bs depth
+    shift
+    read -r rw bs depth <<<"${jobs[$i]}"
+    while [ $# -gt 0 ]; do
+        sync
+        res[$1,$i]="$(fio_run "$2" "$rw" "$rw" "$bs" "$depth" "$3")"
+        echo "  $1: ${labels[$i]}: ${res[$1,$i]}"
+        shift 3
     done
 }
 echo "measuring (${runtime} s per job, ops/s MiB/s server-CPU-µs/op) ..."
-measure ferry "$port_ferry" "$ferry_pid"
-measure nbdkit "$port_nbdkit" "$nbdkit_pid"
-measure qemu "$port_qemu" "$qemu_pid"
+for i in "${!jobs[@]}"; do
+    measure_job "$i" ferry "$port_ferry" "$ferry_pid" nbdkit "$port_nbdkit" "$nbdkit_pid" qemu "$port_qemu" "$qemu_pid"
+done
 
 echo "taking 16 snapshots, 1/16 of the disk rewritten before each ..."
 for s in $(seq 16); do
@@ -126,7 +133,7 @@ for s in $(seq 16); do
         --bs=64k --iodepth=16 --size="${size_gib}G" --io_size=$((size_gib * 1024 / 16))m --randrepeat=0 >/dev/null
     ferry snapshot create bench --name "s$s"
 done
-measure ferry16 "$port_ferry" "$ferry_pid"
+for i in "${!jobs[@]}"; do measure_job "$i" ferry16 "$port_ferry" "$ferry_pid"; done
 
 echo
 printf '%-28s %10s %10s %10s %9s %9s %11s   %s\n' job ferry nbdkit qemu-nbd /nbdkit /qemu-nbd "16 snaps" "CPU µs/op ferry nbdkit qemu"
