@@ -112,6 +112,7 @@ impl From<StoreError> for ApiError {
                 (S::CONFLICT, "already_exists", Some(field_of(kind)))
             }
             StoreError::InUse { .. } => (S::CONFLICT, "in_use", None),
+            StoreError::Conflict(_) => (S::CONFLICT, "conflict", None),
             StoreError::Slot { .. } => (S::BAD_REQUEST, "invalid_slot", Some("slot".to_owned())),
             StoreError::Invalid(_) => (S::BAD_REQUEST, "invalid", None),
             StoreError::Pairing(_) => (S::FORBIDDEN, "pairing_refused", Some("token".to_owned())),

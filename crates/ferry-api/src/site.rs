@@ -60,4 +60,49 @@ pub trait SiteLink: Send + Sync + fmt::Debug {
         &'a self,
         partner: &'a ferry_store::PartnerInfo,
     ) -> BoxFuture<'a, ApiResult<PartnerHello>>;
+    /// What the replication sender measured for `group`, if it ran.
+    fn replication_stats(&self, _group: &str) -> Option<ReplicationStats> {
+        None
+    }
+    /// Asks the replication sender to start a cycle of `group` now.
+    fn replicate_now(&self, _group: &str) {}
+}
+
+/// What the replication sender measured for one group (kept in memory by
+/// the daemon; gone at restart).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ReplicationStats {
+    /// A cycle is being sent now.
+    pub running: bool,
+    /// The cycle being sent is the initial copy.
+    pub initial_copy: bool,
+    /// The last cycle's error, until a cycle succeeds.
+    pub last_error: Option<String>,
+    /// When the last cycle started and ended, nanoseconds since the Unix epoch.
+    pub last_started: Option<u64>,
+    pub last_finished: Option<u64>,
+    pub cycles_ok: u64,
+    pub cycles_failed: u64,
+    /// Cycles due in the last hour, and how many of them did not succeed.
+    pub cycles_due_last_hour: u64,
+    pub cycles_missed_last_hour: u64,
+    /// Bytes on the wire, and the changed bytes they carried, since start.
+    pub bytes_sent: u64,
+    pub bytes_changed: u64,
+    /// Changed bytes still to send in the running cycle.
+    pub pending_bytes: u64,
+    /// The last successful cycle: bytes on the wire per second, and seconds.
+    pub last_throughput: f64,
+    pub last_cycle_seconds: f64,
+}
+
+impl ReplicationStats {
+    /// Changed bytes per byte on the wire (1.0 when nothing was sent).
+    pub fn compression_ratio(&self) -> f64 {
+        if self.bytes_sent == 0 {
+            1.0
+        } else {
+            self.bytes_changed as f64 / self.bytes_sent as f64
+        }
+    }
 }

@@ -4,10 +4,16 @@
 //!   bytes: the types, an encoder that appends records to a `Vec<u8>`, and an
 //!   incremental decoder fed byte slices as they arrive.
 //!
-//! It owns the format and nothing else: no I/O, no store, no clock. The
-//! sender and receiver that move these bytes over the network and into the
-//! engine are built on top of it. The decoder never sizes an allocation from
+//! - [`cycle`]: the two ends of one cycle, still without I/O: a sender that
+//!   turns changed blocks into stream bytes through a block source, and a
+//!   receiver that applies verified runs to a sink and says when the
+//!   cycle is complete.
+//!
+//! It owns the format and the cycle logic and nothing else: no I/O, no
+//! store, no clock. The daemon moves the bytes over the network and into
+//! the engine. The decoder never sizes an allocation from
 //! the wire beyond the format's limits and never panics on input; it has a
 //! cargo-fuzz target (`fuzz/fuzz_targets/repl_stream.rs`).
 
+pub mod cycle;
 pub mod stream;

@@ -6,7 +6,7 @@
 //! keys, one table per kind. redb runs on the engine's [`Storage`] through
 //! [`RedbFile`], so crash and fault tests cover the catalog too. A table a
 //! catalog lacks (one written before that kind of record existed, like
-//! `exports`, `partners`) is created empty at open.
+//! `exports`, `partners`, `replications`) is created empty at open.
 //!
 //! The site's own record (its name) is one row of `site` under the key
 //! `"self"`; partners and pairing tokens are rows like the other objects.
@@ -34,6 +34,7 @@ const EXPORTS: TableDefinition<u64, &[u8]> = TableDefinition::new("exports");
 const SITE: TableDefinition<&str, &[u8]> = TableDefinition::new("site");
 const PARTNERS: TableDefinition<u64, &[u8]> = TableDefinition::new("partners");
 const PAIR_TOKENS: TableDefinition<u64, &[u8]> = TableDefinition::new("pair_tokens");
+const REPLICATIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("replications");
 /// The key of the site's own record in `site`.
 const SITE_SELF: &str = "self";
 
@@ -138,6 +139,48 @@ pub(crate) struct PairTokenRec {
     pub expires: u64,
 }
 
+/// A group's replication: as the source (this site sends its snapshots)
+/// or as the replica (this site receives them into recovery points).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ReplicationRec {
+    pub id: u64,
+    pub group: GroupId,
+    /// The partner's name here.
+    pub partner: String,
+    pub role: ReplicationRole,
+    pub settings: crate::store::ReplicationSettings,
+    pub paused: bool,
+    pub created: u64,
+    /// Source: the next cycle's number. Replica: unused.
+    pub next_cycle: u64,
+    /// Source: the snapshot the partner acknowledged last (the next cycle's
+    /// base). Replica: the latest recovery point.
+    pub base: Option<SnapshotId>,
+    /// Source: the cycle being sent, and its snapshot.
+    pub pending: Option<PendingCycle>,
+    /// Replica: the cycle being received, and how far it durably got.
+    pub partial: Option<crate::store::PartialCycle>,
+    /// Replica: each recovery point's snapshot id at the source.
+    #[serde(default)]
+    pub source_ids: BTreeMap<SnapshotId, u64>,
+    /// Replica: when the source took each recovery point.
+    #[serde(default)]
+    pub source_created: BTreeMap<SnapshotId, u64>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ReplicationRole {
+    Source,
+    Replica,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub(crate) struct PendingCycle {
+    pub cycle: u64,
+    pub snapshot: SnapshotId,
+}
+
 /// One change of a catalog transaction.
 #[derive(Debug)]
 pub(crate) enum Change {
@@ -156,6 +199,8 @@ pub(crate) enum Change {
     DelPartner(u64),
     PutPairToken(PairTokenRec),
     DelPairToken(u64),
+    PutReplication(ReplicationRec),
+    DelReplication(u64),
 }
 
 /// The catalog as loaded in memory.
@@ -170,6 +215,7 @@ pub(crate) struct CatalogState {
     pub site: Option<SiteRec>,
     pub partners: BTreeMap<u64, PartnerRec>,
     pub pair_tokens: BTreeMap<u64, PairTokenRec>,
+    pub replications: BTreeMap<u64, ReplicationRec>,
 }
 
 impl CatalogState {
@@ -217,6 +263,12 @@ impl CatalogState {
             }
             Change::DelPairToken(id) => {
                 self.pair_tokens.remove(&id);
+            }
+            Change::PutReplication(r) => {
+                self.replications.insert(r.id, r);
+            }
+            Change::DelReplication(id) => {
+                self.replications.remove(&id);
             }
         }
     }
@@ -344,6 +396,7 @@ impl Catalog {
                     EXPORTS,
                     PARTNERS,
                     PAIR_TOKENS,
+                    REPLICATIONS,
                 ] {
                     tx.open_table(t).map_err(|e| err(e.into()))?;
                 }
@@ -376,6 +429,7 @@ impl Catalog {
         let plain = |k: u64| k;
         load_table!(PARTNERS, "partners", partners, plain);
         load_table!(PAIR_TOKENS, "pair_tokens", pair_tokens, plain);
+        load_table!(REPLICATIONS, "replications", replications, plain);
         let site = tx.open_table(SITE).map_err(|e| err(e.into()))?;
         if let Some(v) = site.get(SITE_SELF).map_err(|e| err(e.into()))? {
             self.state.site = Some(decode("site", 0, v.value())?);
@@ -406,6 +460,7 @@ impl Catalog {
             let mut site = tx.open_table(SITE).map_err(|e| err(e.into()))?;
             let mut partners = tx.open_table(PARTNERS).map_err(|e| err(e.into()))?;
             let mut pair_tokens = tx.open_table(PAIR_TOKENS).map_err(|e| err(e.into()))?;
+            let mut replications = tx.open_table(REPLICATIONS).map_err(|e| err(e.into()))?;
             for change in &changes {
                 let r = match change {
                     Change::PutVolume(r) => volumes.insert(r.id.0, encode(r).as_slice()).map(drop),
@@ -427,6 +482,10 @@ impl Catalog {
                         pair_tokens.insert(r.id, encode(r).as_slice()).map(drop)
                     }
                     Change::DelPairToken(id) => pair_tokens.remove(*id).map(drop),
+                    Change::PutReplication(r) => {
+                        replications.insert(r.id, encode(r).as_slice()).map(drop)
+                    }
+                    Change::DelReplication(id) => replications.remove(*id).map(drop),
                 };
                 r.map_err(|e| err(e.into()))?;
             }

@@ -39,6 +39,10 @@ pub enum StoreError {
         current: u64,
         requested: u64,
     },
+    /// A request that does not fit the state it meets (a replication
+    /// cycle on another base, an acknowledgement of another cycle).
+    #[error("{0}")]
+    Conflict(String),
     #[error("snapshot {older:?} is not an ancestor of {newer:?}")]
     NotAncestor { older: String, newer: String },
     #[error(

@@ -37,8 +37,9 @@ pub use error::{Result, StoreError};
 pub use progress::Progress;
 pub use roaring::RoaringBitmap;
 pub use store::{
-    DiffEnd, ExportDisk, ExportInfo, ExportKind, ExportSpec, GcOutcome, GroupInfo, MemberInfo,
-    NewPartner, PairingRefusal, PartnerInfo, SnapshotInfo, SpaceInfo, Store, SyncReport, Target,
+    CycleStart, DiffEnd, ExportDisk, ExportInfo, ExportKind, ExportSpec, GcOutcome, GroupInfo,
+    MemberInfo, NewPartner, PairingRefusal, PartialCycle, PartnerInfo, RecoveryPoint, ReplicaCycle,
+    ReplicationInfo, ReplicationSettings, SnapshotInfo, SpaceInfo, Store, SyncReport, Target,
     VolumeInfo,
 };
 pub use types::{

@@ -28,9 +28,13 @@ use crate::volume::{SnapshotReader, Volume, VolumeHandle};
 
 mod exports;
 mod partners;
+mod replication;
 
 pub use exports::{ExportDisk, ExportInfo, ExportKind, ExportSpec};
 pub use partners::{NewPartner, PairingRefusal, PartnerInfo};
+pub use replication::{
+    CycleStart, PartialCycle, RecoveryPoint, ReplicaCycle, ReplicationInfo, ReplicationSettings,
+};
 
 /// Blocks a merge copies under one hold of the write barrier.
 const MERGE_CHUNK: usize = 256;
@@ -558,6 +562,13 @@ impl Store {
     pub fn delete_group(&self, name: &str) -> Result<()> {
         let mut cat = self.catalog();
         let rec = self.group_rec(&cat.state, name)?;
+        if cat.state.replications.values().any(|r| r.group == rec.id) {
+            return Err(StoreError::InUse {
+                kind: "group",
+                name: name.to_owned(),
+                reason: "it is replicated; disable replication first".into(),
+            });
+        }
         let snaps = cat.state.snapshots_of(OwnerId::Group(rec.id)).count();
         if snaps > 0 {
             return Err(StoreError::InUse {
@@ -638,12 +649,22 @@ impl Store {
             ));
         }
         let members = self.current_members(&cat.state, owner);
-        let rec = self.seal(&mut cat, owner, name, kind, &members, &BTreeMap::new())?;
+        let rec = self.seal(
+            &mut cat,
+            owner,
+            name,
+            kind,
+            &members,
+            &BTreeMap::new(),
+            |_| Vec::new(),
+        )?;
         Ok(snapshot_info(&cat.state, &rec))
     }
 
     /// Seals the heads of `members` into a new snapshot and starts new heads:
     /// on the sealed layer, or for slots in `rebase` on the given layer (sync).
+    /// `also` adds changes, given the new snapshot, to the same transaction.
+    #[allow(clippy::too_many_arguments)]
     fn seal(
         &self,
         cat: &mut Catalog,
@@ -652,6 +673,7 @@ impl Store {
         kind: SnapshotKind,
         members: &BTreeMap<String, VolumeId>,
         rebase: &BTreeMap<String, MemberRec>,
+        also: impl FnOnce(&SnapshotRec) -> Vec<Change>,
     ) -> Result<SnapshotRec> {
         let mut vols: Vec<(String, Arc<Volume>)> = members
             .iter()
@@ -718,6 +740,7 @@ impl Store {
             changes.push(Change::PutVolume(vrec));
         }
         changes.push(Change::PutSnapshot(snapshot.clone()));
+        changes.extend(also(&snapshot));
         let result = cat.commit(changes);
         self.finish_layers(result, &new_heads)?;
         for ((slot, _, new_id, size), st) in plan.iter().zip(guards.iter_mut()) {
@@ -790,6 +813,15 @@ impl Store {
     pub fn delete_snapshot_record(&self, target: Target<'_>, name: &str) -> Result<SnapshotInfo> {
         let mut cat = self.catalog();
         let rec = self.snapshot_rec(&cat.state, target, name)?;
+        if Self::replication_holds(&cat.state, rec.id) {
+            return Err(StoreError::InUse {
+                kind: "snapshot",
+                name: format!("{}@{name}", target.name()),
+                reason:
+                    "replication keeps it as the base of the next cycle; disable replication first"
+                        .into(),
+            });
+        }
         let info = snapshot_info(&cat.state, &rec);
         let mut changes = cat
             .state
@@ -1024,6 +1056,7 @@ impl Store {
             SnapshotKind::Crash,
             &members,
             &rebase,
+            |_| Vec::new(),
         )?;
         Ok(SyncReport {
             undo_snapshot: undo,

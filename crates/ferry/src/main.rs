@@ -12,6 +12,7 @@ mod job;
 mod ops;
 mod output;
 mod partner;
+mod replication;
 
 use anyhow::{Result, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -96,6 +97,12 @@ enum Command {
     /// Other sites paired with this one (by a one-time token)
     #[command(subcommand)]
     Partner(partner::PartnerCmd),
+    /// Replicate groups to a partner site: enable, pause, resume, status
+    #[command(subcommand)]
+    Replication(replication::ReplicationCmd),
+    /// A replica group's recovery points
+    #[command(subcommand, name = "recovery-point")]
+    RecoveryPoint(replication::RecoveryPointCmd),
     /// Long operations (a deleted snapshot's space, sync): list, show, cancel
     #[command(subcommand)]
     Job(JobCmd),
@@ -763,6 +770,8 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Export(cmd) => export::run(&client, out, cmd).await?,
         Command::Site(cmd) => partner::run_site(&client, out, cmd).await?,
         Command::Partner(cmd) => partner::run(&client, out, cmd).await?,
+        Command::Replication(cmd) => replication::run(&client, out, cmd).await?,
+        Command::RecoveryPoint(cmd) => replication::run_points(&client, out, cmd).await?,
         Command::Space => print_list(
             out,
             &client.get("/v1/space").await?,

@@ -52,8 +52,13 @@ pub enum PartnerCmd {
 const SITE_FIELDS: [&str; 3] = ["name", "ca_fingerprint", "partner_address"];
 const COLUMNS: [&str; 4] = ["name", "address", "ca_fingerprint", "paired"];
 
-/// Seconds in `90s`, `15m`, `2h`, `1d` or a plain number of seconds.
 fn parse_ttl(s: &str) -> Result<u64> {
+    parse_secs("--ttl", s)
+}
+
+/// Seconds in `90s`, `15m`, `2h`, `1d` or a plain number of seconds, for
+/// the flag named `flag`.
+pub(crate) fn parse_secs(flag: &str, s: &str) -> Result<u64> {
     let s = s.trim();
     let (num, unit) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => (&s[..i], Some(c)),
@@ -61,16 +66,16 @@ fn parse_ttl(s: &str) -> Result<u64> {
     };
     let n: u64 = num
         .parse()
-        .map_err(|_| anyhow::anyhow!("--ttl {s:?} is not a duration: use 90s, 15m, 2h, 1d"))?;
+        .map_err(|_| anyhow::anyhow!("{flag} {s:?} is not a duration: use 90s, 15m, 2h, 1d"))?;
     let mult = match unit {
         None | Some('s') => 1,
         Some('m') => 60,
         Some('h') => 3600,
         Some('d') => 86_400,
-        Some(u) => anyhow::bail!("--ttl {s:?}: unknown unit {u:?} (use s, m, h or d)"),
+        Some(u) => anyhow::bail!("{flag} {s:?}: unknown unit {u:?} (use s, m, h or d)"),
     };
     n.checked_mul(mult)
-        .ok_or_else(|| anyhow::anyhow!("--ttl {s:?} is too long"))
+        .ok_or_else(|| anyhow::anyhow!("{flag} {s:?} is too long"))
 }
 
 pub async fn run_site(client: &Client, out: Format, cmd: SiteCmd) -> Result<()> {

@@ -25,6 +25,7 @@
 
 mod nbd;
 mod partner;
+mod replication;
 mod serve;
 mod tls;
 
@@ -37,6 +38,8 @@ use std::time::Duration;
 
 /// How long a stop waits for running jobs to reach a safe point.
 const JOB_STOP_PATIENCE: Duration = Duration::from_secs(10);
+/// Replication cycles (initial copies included) sent at once.
+const REPLICATION_PARALLEL: usize = 2;
 
 /// The ferry daemon.
 #[derive(Parser, Debug)]
@@ -298,10 +301,12 @@ async fn run(
                 .await
                 .with_context(|| format!("listening for partners on {partner_listen}"))?;
             let bound = listener.local_addr()?;
-            state.set_site_link(std::sync::Arc::new(partner::Link::new(
-                &material,
-                partner::advertised(bound),
-            )));
+            let link =
+                std::sync::Arc::new(partner::Link::new(&material, partner::advertised(bound)));
+            state.set_site_link(link.clone());
+            let replicator = replication::Replicator::new(store.clone(), link.clone());
+            link.set_replicator(&replicator);
+            tokio::spawn(replicator.run(REPLICATION_PARALLEL));
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(partner::server_config(&material, &store)?);
             Some((

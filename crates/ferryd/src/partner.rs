@@ -7,6 +7,12 @@
 //! POST /partner/v1/pair    no client certificate needed: presents a pairing
 //!                          token's secret, the caller's name, CA and address;
 //!                          answers this site's name and CA
+//! GET  /partner/v1/replication/{group}
+//!                          mutual TLS: the replica's state of a group (its
+//!                          latest point, the cycle it is receiving)
+//! POST /partner/v1/replication/{group}/stream
+//!                          mutual TLS: one cycle's replication stream;
+//!                          answers the recovery point it made
 //! ```
 //!
 //! Invariants: the set of trusted CAs is read from the store's partner
@@ -273,6 +279,8 @@ pub struct Link {
     ca_fingerprint: String,
     address: String,
     provider: Arc<CryptoProvider>,
+    /// The replication sender, once started.
+    replicator: std::sync::OnceLock<std::sync::Weak<crate::replication::Replicator>>,
 }
 
 impl std::fmt::Debug for Link {
@@ -293,7 +301,17 @@ impl Link {
             ca_fingerprint: material.ca_fingerprint.clone(),
             address,
             provider: tls::provider(),
+            replicator: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Connects the replication sender (for its figures and triggers).
+    pub fn set_replicator(&self, r: &Arc<crate::replication::Replicator>) {
+        let _ = self.replicator.set(Arc::downgrade(r));
+    }
+
+    fn replicator(&self) -> Option<Arc<crate::replication::Replicator>> {
+        self.replicator.get().and_then(std::sync::Weak::upgrade)
     }
 
     async fn call_pair(&self, token: &PartnerToken, site_name: &str) -> ApiResult<PairAnswer> {
@@ -371,7 +389,13 @@ impl Link {
 }
 
 impl Link {
-    async fn call_hello(&self, p: &ferry_store::PartnerInfo) -> ApiResult<PartnerHello> {
+    /// An HTTPS client for calls to partner `p`: this site's client
+    /// certificate, `p`'s CA (by fingerprint) as the only trust.
+    pub fn partner_client(
+        &self,
+        p: &ferry_store::PartnerInfo,
+        timeout: Option<Duration>,
+    ) -> ApiResult<reqwest::Client> {
         let config = rustls::ClientConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| ApiError::internal(format!("choosing TLS versions: {e}")))?
@@ -382,11 +406,18 @@ impl Link {
             }))
             .with_client_auth_cert(self.client_chain.clone(), self.client_key.clone_key())
             .map_err(|e| ApiError::internal(format!("using the client certificate: {e}")))?;
-        let http = reqwest::Client::builder()
+        let mut b = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
-            .timeout(PAIR_TIMEOUT)
-            .build()
-            .map_err(|e| ApiError::internal(format!("making the HTTPS client: {e}")))?;
+            .connect_timeout(PAIR_TIMEOUT);
+        if let Some(t) = timeout {
+            b = b.timeout(t);
+        }
+        b.build()
+            .map_err(|e| ApiError::internal(format!("making the HTTPS client: {e}")))
+    }
+
+    async fn call_hello(&self, p: &ferry_store::PartnerInfo) -> ApiResult<PartnerHello> {
+        let http = self.partner_client(p, Some(PAIR_TIMEOUT))?;
         let failed = |what: String| {
             ApiError::new(
                 StatusCode::BAD_GATEWAY,
@@ -408,7 +439,7 @@ impl Link {
     }
 }
 
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(s) = cur {
@@ -446,12 +477,22 @@ impl SiteLink for Link {
     ) -> BoxFuture<'a, ApiResult<PartnerHello>> {
         Box::pin(self.call_hello(partner))
     }
+
+    fn replication_stats(&self, group: &str) -> Option<ferry_api::site::ReplicationStats> {
+        self.replicator()?.stats(group)
+    }
+
+    fn replicate_now(&self, group: &str) {
+        if let Some(r) = self.replicator() {
+            r.trigger(group);
+        }
+    }
 }
 
 /// What the partner listener's handlers share.
 #[derive(Clone)]
-struct PartnerState {
-    app: AppState,
+pub(crate) struct PartnerState {
+    pub(crate) app: AppState,
     ca_pem: String,
     ca_fingerprint: String,
     provider: Arc<CryptoProvider>,
@@ -468,37 +509,56 @@ pub fn router(app: AppState, material: &PartnerMaterial) -> Router {
     Router::new()
         .route("/partner/v1/hello", axum::routing::get(hello))
         .route("/partner/v1/pair", axum::routing::post(pair))
+        .route(
+            "/partner/v1/replication/{group}",
+            axum::routing::get(crate::replication::replica_state),
+        )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        // A cycle's stream is as long as the change it carries.
+        .route(
+            "/partner/v1/replication/{group}/stream",
+            axum::routing::post(crate::replication::replica_stream),
+        )
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .with_state(state)
+}
+
+/// The paired partner a request comes from, by the CA that verifies its
+/// client certificate.
+pub(crate) fn caller(
+    st: &PartnerState,
+    peer: Option<Extension<PeerCertificates>>,
+) -> Result<String, ApiError> {
+    let Some(Extension(PeerCertificates(Some(chain)))) = peer else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "client_certificate_required",
+            "this endpoint needs a client certificate from a paired partner",
+        ));
+    };
+    identify(
+        st.app.store(),
+        &st.provider,
+        &chain[0],
+        &chain[1..],
+        UnixTime::now(),
+    )
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_a_partner",
+            "the client certificate is not from a paired partner",
+        )
+    })
 }
 
 async fn hello(
     State(st): State<PartnerState>,
     peer: Option<Extension<PeerCertificates>>,
 ) -> Response {
-    let Some(Extension(PeerCertificates(Some(chain)))) = peer else {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "client_certificate_required",
-            "this endpoint needs a client certificate from a paired partner",
-        )
-        .into_response();
-    };
-    let who = identify(
-        st.app.store(),
-        &st.provider,
-        &chain[0],
-        &chain[1..],
-        UnixTime::now(),
-    );
-    let Some(partner) = who else {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "not_a_partner",
-            "the client certificate is not from a paired partner",
-        )
-        .into_response();
+    let partner = match caller(&st, peer) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
     };
     let site = st.app.store().site_name().unwrap_or_default();
     Json(PartnerHello { partner, site }).into_response()

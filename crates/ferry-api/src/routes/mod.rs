@@ -7,6 +7,7 @@ mod exports;
 mod groups;
 mod jobs;
 pub mod partners;
+mod replication;
 mod snapshots;
 mod volumes;
 
@@ -563,6 +564,83 @@ pub fn table() -> Vec<RouteInfo> {
         )
         .plan(partners::plan_unpair)
         .no_content(),
+        route(
+            M::POST,
+            "/v1/replications",
+            "replication.enable",
+            P::PartnerWrite,
+            "Replicate a group to a partner; the first cycle is the initial copy",
+            replication::enable,
+        )
+        .plan(replication::plan_enable)
+        .body::<replication::EnableReplication>()
+        .reply::<replication::ReplicationStatus>(S::CREATED),
+        route(
+            M::GET,
+            "/v1/replications",
+            "replication.list",
+            P::PartnerRead,
+            "List replications with their state, health, lag and figures",
+            replication::list,
+        )
+        .list::<replication::ReplicationStatus>(),
+        route(
+            M::GET,
+            "/v1/replications/{group}",
+            "replication.get",
+            P::PartnerRead,
+            "Show a group's replication: state, health, lag and figures",
+            replication::get,
+        )
+        .reply::<replication::ReplicationStatus>(S::OK),
+        route(
+            M::POST,
+            "/v1/replications/{group}/pause",
+            "replication.pause",
+            P::PartnerWrite,
+            "Pause a replication (no cycle starts until resumed)",
+            replication::pause,
+        )
+        .plan(replication::plan_pause)
+        .reply::<replication::ReplicationStatus>(S::OK),
+        route(
+            M::POST,
+            "/v1/replications/{group}/resume",
+            "replication.resume",
+            P::PartnerWrite,
+            "Resume a paused replication",
+            replication::resume,
+        )
+        .plan(replication::plan_resume)
+        .reply::<replication::ReplicationStatus>(S::OK),
+        route(
+            M::POST,
+            "/v1/replications/{group}/run",
+            "replication.run",
+            P::PartnerWrite,
+            "Start a cycle now instead of at the next interval",
+            replication::run_now,
+        )
+        .reply::<replication::ReplicationStatus>(S::OK),
+        route(
+            M::DELETE,
+            "/v1/replications/{group}",
+            "replication.disable",
+            P::PartnerWrite,
+            "Stop replicating a group",
+            replication::disable,
+        )
+        .plan(replication::plan_disable)
+        .no_content(),
+        route(
+            M::GET,
+            "/v1/groups/{group}/recovery-points",
+            "recovery_point.list",
+            P::PartnerRead,
+            "List a replica group's recovery points, oldest first",
+            replication::recovery_points,
+        )
+        .list::<ferry_store::RecoveryPoint>(),
     ]
 }
 

@@ -1,0 +1,299 @@
+//! `ferry replication` and `ferry recovery-point`: replicating groups to a
+//! partner site, their status, and a replica's recovery points.
+
+use anyhow::Result;
+use clap::Subcommand;
+use serde_json::{Map, Value, json};
+
+use crate::client::Client;
+use crate::output::{print_list, print_object};
+use crate::partner::parse_secs;
+use crate::{Format, output, seg};
+
+#[derive(Subcommand, Debug)]
+pub enum ReplicationCmd {
+    /// Replicate GROUP to a partner; the first cycle copies every allocated block
+    Enable {
+        group: String,
+        /// The partner site (`ferry partner list`)
+        #[arg(long)]
+        partner: String,
+        /// Time between cycles: 30s, 5m, 15m, 1h or seconds (default 5m)
+        #[arg(long, default_value = "5m")]
+        interval: String,
+        /// Hourly recovery points kept besides the latest (default 24)
+        #[arg(long)]
+        keep_hourly: Option<u32>,
+        /// Every N-th point application-consistent (default 0: never)
+        #[arg(long)]
+        app_every: Option<u32>,
+        /// zstd (default) or off
+        #[arg(long, default_value = "zstd")]
+        compression: String,
+        /// At most this rate on the wire: 10mbit, 20MB (per second), 500k or bytes
+        #[arg(long)]
+        bandwidth: Option<String>,
+    },
+    /// Stop replicating GROUP (the source deletes its cycle snapshots; a
+    /// replica keeps its recovery points as ordinary snapshots)
+    Disable { group: String },
+    /// Start no cycle of GROUP until resumed
+    Pause { group: String },
+    /// Resume a paused replication
+    Resume { group: String },
+    /// Start a cycle of GROUP now
+    Run { group: String },
+    /// State, health, lag, last recovery point and figures (of GROUP, or all)
+    Status { group: Option<String> },
+    /// Bytes sent, changed bytes, compression ratio and throughput of GROUP
+    Measure { group: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RecoveryPointCmd {
+    /// A replica group's recovery points, oldest first
+    List { group: String },
+}
+
+/// Bytes per second in `10mbit`, `20MB`, `500k`, `1g` or a plain number of
+/// bytes (all per second; `bit` units are bits).
+pub(crate) fn parse_rate(s: &str) -> Result<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix("/s").unwrap_or(&t);
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--bandwidth {s:?} is not a rate: use 10mbit, 20MB, 500k or bytes per second"
+        )
+    })?;
+    let mult: f64 = match unit {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "kbit" => 1e3 / 8.0,
+        "mbit" => 1e6 / 8.0,
+        "gbit" => 1e9 / 8.0,
+        "kib" => 1024.0,
+        "mib" => 1048576.0,
+        "gib" => 1073741824.0,
+        u => anyhow::bail!(
+            "--bandwidth {s:?}: unknown unit {u:?} (use k, m, g, kbit, mbit, gbit, KiB, MiB, GiB)"
+        ),
+    };
+    let v = n * mult;
+    if !v.is_finite() || !(1.0..=1e15).contains(&v) {
+        anyhow::bail!("--bandwidth {s:?} must be between 1 byte and 1 PB per second");
+    }
+    Ok(v as u64)
+}
+
+fn flat(v: &Value) -> Value {
+    let mut o = Map::new();
+    for k in ["group", "role", "partner", "state", "health", "last_point"] {
+        o.insert(k.into(), v[k].clone());
+    }
+    o.insert(
+        "lag".into(),
+        json!(v["lag_seconds"].as_f64().map(|l| format!("{l:.0}s"))),
+    );
+    o.insert(
+        "interval".into(),
+        json!(format!("{}s", v["settings"]["interval_secs"])),
+    );
+    let s = &v["stats"];
+    o.insert(
+        "missed/hour".into(),
+        json!(format!(
+            "{}/{}",
+            s["cycles_missed_last_hour"].as_u64().unwrap_or(0),
+            s["cycles_due_last_hour"].as_u64().unwrap_or(0)
+        )),
+    );
+    o.insert("sent".into(), s["bytes_sent"].clone());
+    o.insert("pending".into(), s["pending_bytes"].clone());
+    Value::Object(o)
+}
+
+const STATUS_COLUMNS: [&str; 11] = [
+    "group",
+    "role",
+    "partner",
+    "state",
+    "health",
+    "last_point",
+    "lag",
+    "interval",
+    "missed/hour",
+    "sent",
+    "pending",
+];
+
+pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()> {
+    match cmd {
+        ReplicationCmd::Enable {
+            group,
+            partner,
+            interval,
+            keep_hourly,
+            app_every,
+            compression,
+            bandwidth,
+        } => {
+            let interval = parse_secs("--interval", &interval)?;
+            if interval == 0 {
+                anyhow::bail!("--interval must be at least 1s");
+            }
+            if !matches!(compression.as_str(), "zstd" | "off") {
+                anyhow::bail!("--compression must be zstd or off, not {compression:?}");
+            }
+            let mut body = Map::new();
+            body.insert("group".into(), json!(group));
+            body.insert("partner".into(), json!(partner));
+            body.insert("interval_seconds".into(), json!(interval));
+            body.insert("compression".into(), json!(compression));
+            if let Some(k) = keep_hourly {
+                body.insert("keep_hourly".into(), json!(k));
+            }
+            if let Some(a) = app_every {
+                body.insert("app_every".into(), json!(a));
+            }
+            if let Some(b) = bandwidth {
+                body.insert("bandwidth_bytes_per_second".into(), json!(parse_rate(&b)?));
+            }
+            let v = client
+                .post("/v1/replications", &Value::Object(body))
+                .await?;
+            match out {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Format::Table => {
+                    print_list(out, &json!([flat(&v)]), &STATUS_COLUMNS);
+                    if app_every.unwrap_or(0) > 0 {
+                        eprintln!(
+                            "note: points are crash-consistent for now; application-consistent points need the group's hooks"
+                        );
+                    }
+                }
+            }
+        }
+        ReplicationCmd::Disable { group } => {
+            client
+                .delete(&format!("/v1/replications/{}", seg(&group)?))
+                .await?;
+            output::done(out, &format!("stopped replicating {group}"));
+        }
+        ReplicationCmd::Pause { group } => action(client, out, &group, "pause").await?,
+        ReplicationCmd::Resume { group } => action(client, out, &group, "resume").await?,
+        ReplicationCmd::Run { group } => action(client, out, &group, "run").await?,
+        ReplicationCmd::Status { group } => {
+            let list = match group {
+                Some(g) => json!([client
+                    .get(&format!("/v1/replications/{}", seg(&g)?))
+                    .await?]),
+                None => client.get("/v1/replications").await?,
+            };
+            match out {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+                Format::Table => {
+                    let rows: Vec<Value> = list
+                        .as_array()
+                        .map(|a| a.iter().map(flat).collect())
+                        .unwrap_or_default();
+                    print_list(out, &Value::Array(rows), &STATUS_COLUMNS);
+                    for v in list.as_array().into_iter().flatten() {
+                        for r in v["health_reasons"].as_array().into_iter().flatten() {
+                            eprintln!(
+                                "{}: {}",
+                                v["group"].as_str().unwrap_or("?"),
+                                r.as_str().unwrap_or("")
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        ReplicationCmd::Measure { group } => {
+            let v = client
+                .get(&format!("/v1/replications/{}", seg(&group)?))
+                .await?;
+            let s = &v["stats"];
+            let m = json!({
+                "group": v["group"],
+                "bytes_sent": s["bytes_sent"],
+                "bytes_changed": s["bytes_changed"],
+                "compression_ratio": v["compression_ratio"],
+                "throughput_bytes_per_second": s["last_throughput"],
+                "last_cycle_seconds": s["last_cycle_seconds"],
+                "cycles_ok": s["cycles_ok"],
+                "cycles_failed": s["cycles_failed"],
+                "pending_bytes": s["pending_bytes"],
+                "lag_seconds": v["lag_seconds"],
+            });
+            print_object(
+                out,
+                &m,
+                &[
+                    "group",
+                    "bytes_sent",
+                    "bytes_changed",
+                    "compression_ratio",
+                    "throughput_bytes_per_second",
+                    "last_cycle_seconds",
+                    "cycles_ok",
+                    "cycles_failed",
+                    "pending_bytes",
+                    "lag_seconds",
+                ],
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn action(client: &Client, out: Format, group: &str, what: &str) -> Result<()> {
+    let v = client
+        .post(
+            &format!("/v1/replications/{}/{what}", seg(group)?),
+            &json!({}),
+        )
+        .await?;
+    match out {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+        Format::Table => print_list(out, &json!([flat(&v)]), &STATUS_COLUMNS),
+    }
+    Ok(())
+}
+
+pub async fn run_points(client: &Client, out: Format, cmd: RecoveryPointCmd) -> Result<()> {
+    match cmd {
+        RecoveryPointCmd::List { group } => print_list(
+            out,
+            &client
+                .get(&format!("/v1/groups/{}/recovery-points", seg(&group)?))
+                .await?,
+            &["name", "kind", "created", "received", "source_id"],
+        ),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("10mbit").unwrap(), 1_250_000);
+        assert_eq!(parse_rate("20MB").unwrap(), 20_000_000);
+        assert_eq!(parse_rate("20MB/s").unwrap(), 20_000_000);
+        assert_eq!(parse_rate("1MiB").unwrap(), 1_048_576);
+        assert_eq!(parse_rate("4096").unwrap(), 4096);
+        assert!(parse_rate("-1").is_err());
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("5parsecs").is_err());
+    }
+}
