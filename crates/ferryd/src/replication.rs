@@ -291,8 +291,11 @@ fn receive(
 #[derive(Default)]
 struct GroupFigures {
     stats: ReplicationStats,
-    /// (when due, succeeded) for the last hour's cycles.
+    /// (when, succeeded) for the last hour's cycles: a success per point
+    /// made, a miss per interval in which attempts kept failing.
     history: VecDeque<(Instant, bool)>,
+    /// When the first attempt of the cycle not yet made began.
+    cycle_began: Option<Instant>,
     last_attempt: Option<Instant>,
     failures_in_a_row: u32,
     /// Bytes the running cycle put on the wire so far.
@@ -423,7 +426,19 @@ impl Replicator {
         g.stats.running = false;
         g.stats.pending_bytes = 0;
         g.stats.last_finished = Some(nanos());
-        g.history.push_back((started, outcome.is_ok()));
+        let began = *g.cycle_began.get_or_insert(started);
+        match &outcome {
+            Ok(_) => {
+                g.history.push_back((began, true));
+                g.cycle_began = None;
+            }
+            Err(_) if began.elapsed() >= Duration::from_secs(r.settings.interval_secs) => {
+                // A whole interval without a point: one cycle missed.
+                g.history.push_back((began, false));
+                g.cycle_began = Some(Instant::now());
+            }
+            Err(_) => {}
+        }
         match outcome {
             Ok((sent, changed)) => {
                 let secs = started.elapsed().as_secs_f64();
@@ -512,6 +527,16 @@ impl Replicator {
             .filter(|p| p.cycle == start.cycle && p.source_point == point_id)
             .and_then(|p| p.resume.as_deref())
             .and_then(resume_from_text);
+        if let Some(rp) = &resume {
+            tracing::info!(
+                group = %r.group,
+                cycle = start.cycle,
+                runs = rp.runs,
+                blocks = rp.blocks,
+                "resuming cycle {} where the replica stopped",
+                start.cycle
+            );
+        }
         let volumes: Vec<rs::Volume> = start
             .point
             .members
