@@ -47,6 +47,14 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("partner show", "partner.get"),
     ("partner hello", "partner.hello"),
     ("partner unpair", "partner.unpair"),
+    ("replication enable", "replication.enable"),
+    ("replication status", "replication.list"),
+    ("replication measure", "replication.get"),
+    ("replication pause", "replication.pause"),
+    ("replication resume", "replication.resume"),
+    ("replication run", "replication.run"),
+    ("replication disable", "replication.disable"),
+    ("recovery-point list", "recovery_point.list"),
 ];
 
 /// Commands that do not talk to a server.

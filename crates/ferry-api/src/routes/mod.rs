@@ -621,6 +621,7 @@ pub fn table() -> Vec<RouteInfo> {
             "Start a cycle now instead of at the next interval",
             replication::run_now,
         )
+        .plan(replication::plan_run)
         .reply::<replication::ReplicationStatus>(S::OK),
         route(
             M::DELETE,

@@ -345,6 +345,35 @@ pub async fn run_now(
     Ok(Json(status(&st, info)))
 }
 
+pub async fn plan_run(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        let r = st.store().replication(&group)?;
+        if r.role != "source" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_source",
+                format!("group {group:?} is a replica here; cycles start at its source"),
+            ));
+        }
+        Ok(plan(
+            "replication.run",
+            vec![format!(
+                "start a cycle of group {group} to partner {} now{}",
+                r.partner,
+                if r.paused {
+                    " (it is paused: none will start)"
+                } else {
+                    ""
+                }
+            )],
+        ))
+    })
+    .await
+}
+
 pub async fn disable(
     State(st): State<AppState>,
     Path(group): Path<String>,

@@ -36,7 +36,8 @@ pub enum Compression {
 pub struct Point {
     pub snapshot: SnapshotId,
     pub name: String,
-    /// Creation time, seconds since the Unix epoch (as the catalog keeps it).
+    /// Creation time at the source, nanoseconds since the Unix epoch (as its
+    /// catalog keeps it).
     pub created: u64,
 }
 
