@@ -66,6 +66,21 @@ pub trait SiteLink: Send + Sync + fmt::Debug {
     }
     /// Asks the replication sender to start a cycle of `group` now.
     fn replicate_now(&self, _group: &str) {}
+    /// Planned failover of `group`, at its source.
+    fn failover_planned<'a>(&'a self, group: &'a str) -> BoxFuture<'a, ApiResult<PlannedFailover>>;
+    /// Reverse replication of a promoted `group`.
+    fn reverse<'a>(&'a self, group: &'a str) -> BoxFuture<'a, ApiResult<ferry_store::Demotion>>;
+}
+
+/// What a planned failover did.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct PlannedFailover {
+    pub group: String,
+    pub partner: String,
+    /// The last point, taken after writes stopped: the partner runs from it.
+    pub point: String,
+    /// What this site kept (nothing when no write came after the point).
+    pub demotion: ferry_store::Demotion,
 }
 
 /// What the replication sender measured for one group (kept in memory by

@@ -495,6 +495,13 @@ impl Catalog {
             self.exports_changed |= match &change {
                 Change::DelExport(id) => self.state.exports.contains_key(id),
                 Change::PutExport(r) => self.state.exports.contains_key(&r.id),
+                // A group turned replica or frozen: its volumes' exports
+                // turn read-only.
+                Change::PutGroup(r) => self
+                    .state
+                    .groups
+                    .get(&r.id)
+                    .is_some_and(|old| old.tags != r.tags),
                 _ => false,
             };
             self.state.apply(change);

@@ -37,10 +37,10 @@ pub use error::{Result, StoreError};
 pub use progress::Progress;
 pub use roaring::RoaringBitmap;
 pub use store::{
-    CycleStart, DiffEnd, ExportDisk, ExportInfo, ExportKind, ExportSpec, GcOutcome, GroupInfo,
-    MemberInfo, NewPartner, PairingRefusal, PartialCycle, PartnerInfo, RecoveryPoint, ReplicaCycle,
-    ReplicationInfo, ReplicationSettings, SnapshotInfo, SpaceInfo, Store, SyncReport, Target,
-    VolumeInfo,
+    CycleStart, Demotion, DiffEnd, ExportDisk, ExportInfo, ExportKind, ExportSpec, FROZEN_TAG,
+    GcOutcome, GroupInfo, MemberInfo, NewPartner, PairingRefusal, PartialCycle, PartnerInfo,
+    Promotion, REPLICA_TAG, RecoveryPoint, ReplicaCycle, ReplicationInfo, ReplicationSettings,
+    SnapshotInfo, SpaceInfo, Store, SyncReport, Target, VolumeInfo, failover_test_group,
 };
 pub use types::{
     BLOCK_SIZE, ExportId, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId,

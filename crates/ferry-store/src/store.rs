@@ -33,7 +33,8 @@ mod replication;
 pub use exports::{ExportDisk, ExportInfo, ExportKind, ExportSpec};
 pub use partners::{NewPartner, PairingRefusal, PartnerInfo};
 pub use replication::{
-    CycleStart, PartialCycle, RecoveryPoint, ReplicaCycle, ReplicationInfo, ReplicationSettings,
+    CycleStart, Demotion, FROZEN_TAG, PartialCycle, Promotion, REPLICA_TAG, RecoveryPoint,
+    ReplicaCycle, ReplicationInfo, ReplicationSettings, failover_test_group,
 };
 
 /// Blocks a merge copies under one hold of the write barrier.

@@ -103,6 +103,9 @@ enum Command {
     /// A replica group's recovery points
     #[command(subcommand, name = "recovery-point")]
     RecoveryPoint(replication::RecoveryPointCmd),
+    /// Failover drills and the real thing: test, planned, unplanned
+    #[command(subcommand)]
+    Failover(replication::FailoverCmd),
     /// Long operations (a deleted snapshot's space, sync): list, show, cancel
     #[command(subcommand)]
     Job(JobCmd),
@@ -772,6 +775,7 @@ async fn run(cli: Cli) -> Result<i32> {
         Command::Partner(cmd) => partner::run(&client, out, cmd).await?,
         Command::Replication(cmd) => replication::run(&client, out, cmd).await?,
         Command::RecoveryPoint(cmd) => replication::run_points(&client, out, cmd).await?,
+        Command::Failover(cmd) => replication::run_failover(&client, out, cmd).await?,
         Command::Space => print_list(
             out,
             &client.get("/v1/space").await?,

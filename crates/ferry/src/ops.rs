@@ -2,7 +2,8 @@
 //! tree against the OpenAPI document: every operation has a command, every
 //! command either calls an operation or works locally.
 
-/// `command path` → operation id (the route table's action name).
+/// `command path` → operation id (the route table's action name); a path
+/// may end in a flag that makes the command call another operation.
 pub const OPERATIONS: &[(&str, &str)] = &[
     ("volume list", "volume.list"),
     ("volume create", "volume.create"),
@@ -55,6 +56,12 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("replication run", "replication.run"),
     ("replication disable", "replication.disable"),
     ("recovery-point list", "recovery_point.list"),
+    ("replication reverse", "replication.reverse"),
+    ("failover test", "failover.test"),
+    // A flag that makes a command call another operation.
+    ("failover test --cleanup", "failover.test_cleanup"),
+    ("failover planned", "failover.planned"),
+    ("failover unplanned", "failover.unplanned"),
 ];
 
 /// Commands that do not talk to a server.

@@ -47,6 +47,36 @@ pub enum ReplicationCmd {
     Status { group: Option<String> },
     /// Bytes sent, changed bytes, compression ratio and throughput of GROUP
     Measure { group: String },
+    /// After a failover here: make the old primary GROUP's replica, sending
+    /// only blocks changed since the common point (what it wrote after that
+    /// point is kept there as a snapshot)
+    Reverse { group: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FailoverCmd {
+    /// At the replica: clone a recovery point into GROUP-test with
+    /// read-write exports while replication goes on; --cleanup removes it
+    Test {
+        group: String,
+        /// The recovery point (default: the latest)
+        #[arg(long, conflicts_with = "cleanup")]
+        point: Option<String>,
+        /// Remove the test group, its volumes and exports
+        #[arg(long)]
+        cleanup: bool,
+    },
+    /// At the source: stop writes, ship the last changes, hand GROUP over to
+    /// the replica and become its replica; nothing is lost
+    Planned { group: String },
+    /// At the replica, when the primary is gone: run GROUP from a recovery
+    /// point and take writes
+    Unplanned {
+        group: String,
+        /// The recovery point (default: the latest)
+        #[arg(long)]
+        point: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,6 +218,15 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
         ReplicationCmd::Pause { group } => action(client, out, &group, "pause").await?,
         ReplicationCmd::Resume { group } => action(client, out, &group, "resume").await?,
         ReplicationCmd::Run { group } => action(client, out, &group, "run").await?,
+        ReplicationCmd::Reverse { group } => {
+            let v = client
+                .post(
+                    &format!("/v1/replications/{}/reverse", seg(&group)?),
+                    &json!({}),
+                )
+                .await?;
+            print_object(out, &v, &["group", "common", "kept"]);
+        }
         ReplicationCmd::Status { group } => {
             let list = match group {
                 Some(g) => json!([client
@@ -263,6 +302,71 @@ async fn action(client: &Client, out: Format, group: &str, what: &str) -> Result
     match out {
         Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
         Format::Table => print_list(out, &json!([flat(&v)]), &STATUS_COLUMNS),
+    }
+    Ok(())
+}
+
+pub async fn run_failover(client: &Client, out: Format, cmd: FailoverCmd) -> Result<()> {
+    match cmd {
+        FailoverCmd::Test {
+            group,
+            cleanup: true,
+            ..
+        } => {
+            client
+                .delete(&format!("/v1/failover/{}/test", seg(&group)?))
+                .await?;
+            output::done(out, &format!("removed the failover test of {group}"));
+        }
+        FailoverCmd::Test { group, point, .. } => {
+            let v = client
+                .post(
+                    &format!("/v1/failover/{}/test", seg(&group)?),
+                    &json!({ "point": point }),
+                )
+                .await?;
+            match out {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Format::Table => {
+                    println!(
+                        "test group {} from {group}; exports (read-write): {}",
+                        v["group"]["name"].as_str().unwrap_or("?"),
+                        v["exports"]
+                            .as_array()
+                            .map(|a| a
+                                .iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "))
+                            .unwrap_or_default()
+                    );
+                    eprintln!("remove it with `ferry failover test {group} --cleanup`");
+                }
+            }
+        }
+        FailoverCmd::Planned { group } => {
+            let v = client
+                .post(
+                    &format!("/v1/failover/{}/planned", seg(&group)?),
+                    &json!({}),
+                )
+                .await?;
+            print_object(out, &v, &["group", "partner", "point"]);
+        }
+        FailoverCmd::Unplanned { group, point } => {
+            let v = client
+                .post(
+                    &format!("/v1/failover/{}/unplanned", seg(&group)?),
+                    &json!({ "point": point }),
+                )
+                .await?;
+            print_object(out, &v, &["group", "point", "point_id", "source_id"]);
+            if out == Format::Table {
+                eprintln!(
+                    "{group} takes writes here now; once the old primary is back, `ferry replication reverse {group}`"
+                );
+            }
+        }
     }
     Ok(())
 }

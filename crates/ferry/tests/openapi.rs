@@ -59,7 +59,9 @@ fn every_api_operation_has_a_command() {
         .map(|v| v.as_str().unwrap().to_owned())
         .collect();
     for c in mapped.keys().chain(local.iter()) {
-        assert!(leaves.contains(c), "{c:?} is declared but is no command");
+        // `noun verb --flag`: the command with a flag that calls another operation
+        let leaf = c.split(" --").next().unwrap();
+        assert!(leaves.contains(leaf), "{c:?} is declared but is no command");
     }
     for leaf in &leaves {
         assert!(

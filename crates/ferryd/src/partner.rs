@@ -13,6 +13,12 @@
 //! POST /partner/v1/replication/{group}/stream
 //!                          mutual TLS: one cycle's replication stream;
 //!                          answers the recovery point it made
+//! POST /partner/v1/replication/{group}/promote
+//!                          mutual TLS: the source hands over (planned
+//!                          failover): the replica takes over from a point
+//! POST /partner/v1/replication/{group}/demote
+//!                          mutual TLS: the new primary asks the old one
+//!                          to become its replica (a reverse)
 //! ```
 //!
 //! Invariants: the set of trusted CAs is read from the store's partner
@@ -487,6 +493,27 @@ impl SiteLink for Link {
             r.trigger(group);
         }
     }
+
+    fn failover_planned<'a>(
+        &'a self,
+        group: &'a str,
+    ) -> BoxFuture<'a, ApiResult<ferry_api::site::PlannedFailover>> {
+        Box::pin(async move {
+            match self.replicator() {
+                Some(r) => r.planned(group).await,
+                None => Err(ApiError::internal("the replication sender is not running")),
+            }
+        })
+    }
+
+    fn reverse<'a>(&'a self, group: &'a str) -> BoxFuture<'a, ApiResult<ferry_store::Demotion>> {
+        Box::pin(async move {
+            match self.replicator() {
+                Some(r) => r.reverse(group).await,
+                None => Err(ApiError::internal("the replication sender is not running")),
+            }
+        })
+    }
 }
 
 /// What the partner listener's handlers share.
@@ -512,6 +539,14 @@ pub fn router(app: AppState, material: &PartnerMaterial) -> Router {
         .route(
             "/partner/v1/replication/{group}",
             axum::routing::get(crate::replication::replica_state),
+        )
+        .route(
+            "/partner/v1/replication/{group}/promote",
+            axum::routing::post(crate::replication::replica_promote),
+        )
+        .route(
+            "/partner/v1/replication/{group}/demote",
+            axum::routing::post(crate::replication::replica_demote),
         )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         // A cycle's stream is as long as the change it carries.

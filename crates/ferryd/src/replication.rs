@@ -28,7 +28,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferry_api::site::ReplicationStats;
+use ferry_api::site::{PlannedFailover, ReplicationStats};
 use ferry_api::{ApiError, ApiResult};
 use ferry_repl::cycle::{
     BlockSource, CycleReceiver, CycleSender, ReceiveError, Received, ReplicaSink, resume_from_text,
@@ -678,5 +678,317 @@ impl BlockSource for Readers {
         let r = self.0.get(slot).ok_or("no such slot")?;
         r.read(buf, first * rs::BLOCK_SIZE as u64)
             .map_err(|e| e.to_string())
+    }
+}
+
+// ----- failover and reverse -----
+
+/// `POST /partner/v1/replication/{group}/promote`: the source asks its
+/// replica to take over from the point the source names (planned failover).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteBody {
+    /// The point's snapshot id at the source.
+    pub source_point: u64,
+}
+
+/// `POST /partner/v1/replication/{group}/demote`: the new primary asks the
+/// old one to become its replica from their common point (a reverse).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoteBody {
+    /// The common point's snapshot id at the site asked (the old primary).
+    pub common: u64,
+    /// The same point's snapshot id at the caller.
+    pub caller_point: u64,
+}
+
+pub(crate) async fn replica_promote(
+    State(st): State<PartnerState>,
+    peer: Option<Extension<PeerCertificates>>,
+    Path(group): Path<String>,
+    body: Result<Json<PromoteBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let partner = match caller(&st, peer) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(Json(body)) = body else {
+        return ApiError::bad_request("the body must be {\"source_point\": ID}").into_response();
+    };
+    let store = st.app.store().clone();
+    let done = blocking(move || {
+        let r = store.replication(&group).map_err(store_error)?;
+        if r.role != "replica" || r.partner != partner {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_replica",
+                format!("group {group:?} is not a replica of {partner:?} here"),
+            ));
+        }
+        let name = store
+            .recovery_point_by_source(&group, body.source_point)
+            .map_err(store_error)?;
+        let p = store
+            .promote_replica(&group, Some(&name))
+            .map_err(store_error)?;
+        // Planned: the old primary turns replica right after this answer,
+        // so cycles may go back at once.
+        store
+            .set_replication_paused(&group, false)
+            .map_err(store_error)?;
+        tracing::info!(group, partner, point = %p.point, "promoted by the primary (planned failover)");
+        Ok(p)
+    })
+    .await;
+    match done {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub(crate) async fn replica_demote(
+    State(st): State<PartnerState>,
+    peer: Option<Extension<PeerCertificates>>,
+    Path(group): Path<String>,
+    body: Result<Json<DemoteBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let partner = match caller(&st, peer) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(Json(body)) = body else {
+        return ApiError::bad_request("the body must be {\"common\": ID, \"caller_point\": ID}")
+            .into_response();
+    };
+    let store = st.app.store().clone();
+    let done = blocking(move || {
+        let d = store
+            .demote_to_replica(&group, &partner, body.common, body.caller_point)
+            .map_err(store_error)?;
+        tracing::info!(group, partner, kept = ?d.kept, "now a replica (reverse)");
+        Ok(d)
+    })
+    .await;
+    match done {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+impl Replicator {
+    async fn partner_post<T: serde::de::DeserializeOwned>(
+        &self,
+        partner: &str,
+        path: String,
+        body: serde_json::Value,
+    ) -> ApiResult<T> {
+        let store = self.store.clone();
+        let name = partner.to_owned();
+        let p = blocking(move || {
+            store
+                .list_partners()
+                .into_iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| store_error(StoreError::not_found("partner", name)))
+        })
+        .await?;
+        let http = self.link.partner_client(&p, Some(STALL))?;
+        let failed = |what: String| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "partner_unreachable",
+                format!("calling partner {} at {}: {what}", p.name, p.address),
+            )
+        };
+        let resp = http
+            .post(format!("https://{}{path}", p.address))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(failed(format!("it answered {status}: {text}")));
+        }
+        resp.json().await.map_err(|e| failed(error_chain(&e)))
+    }
+
+    /// Waits until no cycle of `group` is being sent (at most `patience`).
+    async fn quiet(&self, group: &str, patience: Duration) -> ApiResult<()> {
+        let until = Instant::now() + patience;
+        while self.stats(group).is_some_and(|s| s.running) {
+            if Instant::now() > until {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "busy",
+                    format!("a cycle of group {group} is still running"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Planned failover, at the source: stop writes, ship the last changes,
+    /// have the replica take over from that point, turn this group into its
+    /// replica. On a failure before the replica took over, writes resume
+    /// here and nothing changed.
+    pub async fn planned(&self, group: &str) -> ApiResult<PlannedFailover> {
+        let store = self.store.clone();
+        let g = group.to_owned();
+        let info = blocking(move || store.replication(&g).map_err(store_error)).await?;
+        if info.role != "source" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_source",
+                format!("group {group:?} is not replicated from this site"),
+            ));
+        }
+        let was_paused = info.paused;
+        let store = self.store.clone();
+        let g = group.to_owned();
+        blocking(move || {
+            store
+                .set_replication_paused(&g, true)
+                .map_err(store_error)?;
+            Ok(())
+        })
+        .await?;
+        self.quiet(group, Duration::from_secs(600)).await?;
+        let store = self.store.clone();
+        let g = group.to_owned();
+        let frozen_at = nanos();
+        blocking(move || {
+            store
+                .set_group_frozen(&g, Some("planned failover"))
+                .map_err(store_error)
+        })
+        .await?;
+        let shipped = self.final_cycles(group, frozen_at).await;
+        let point = match shipped {
+            Ok(p) => p,
+            Err(e) => {
+                let store = self.store.clone();
+                let g = group.to_owned();
+                let _ = blocking(move || {
+                    store.set_group_frozen(&g, None).map_err(store_error)?;
+                    store
+                        .set_replication_paused(&g, was_paused)
+                        .map_err(store_error)?;
+                    Ok(())
+                })
+                .await;
+                return Err(e);
+            }
+        };
+        let promoted: ferry_store::Promotion = match self
+            .partner_post(
+                &info.partner,
+                format!("/partner/v1/replication/{group}/promote"),
+                serde_json::json!({ "source_point": point.id.0 }),
+            )
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                // The replica may or may not have taken over: stay frozen,
+                // so nobody writes on both sides; the admin decides.
+                return Err(ApiError::new(
+                    e.status,
+                    "failover_unfinished",
+                    format!(
+                        "the last changes reached {} (point {}) but it did not confirm taking over: {}; group {group} stays frozen here",
+                        info.partner, point.name, e.message
+                    ),
+                ));
+            }
+        };
+        let store = self.store.clone();
+        let g = group.to_owned();
+        let partner = info.partner.clone();
+        let common = point.id.0;
+        let demotion = blocking(move || {
+            store
+                .demote_to_replica(&g, &partner, common, promoted.point_id)
+                .map_err(store_error)
+        })
+        .await?;
+        tracing::info!(group, partner = %info.partner, point = %point.name, "planned failover done: now the replica");
+        Ok(PlannedFailover {
+            group: group.to_owned(),
+            partner: info.partner,
+            point: point.name,
+            demotion,
+        })
+    }
+
+    /// Sends cycles until the acknowledged base was taken after
+    /// `frozen_at`; returns that snapshot.
+    async fn final_cycles(
+        &self,
+        group: &str,
+        frozen_at: u64,
+    ) -> ApiResult<ferry_store::SnapshotInfo> {
+        let mut last_error = None;
+        for _ in 0..5 {
+            let store = self.store.clone();
+            let g = group.to_owned();
+            let info = blocking(move || store.replication(&g).map_err(store_error)).await?;
+            if info.pending_cycle.is_none()
+                && info.last_point_created.is_some_and(|c| c >= frozen_at)
+                && let Some(name) = info.last_point.clone()
+            {
+                let store = self.store.clone();
+                let g = group.to_owned();
+                return blocking(move || {
+                    store
+                        .snapshot(Target::Group(&g), &name)
+                        .map_err(store_error)
+                })
+                .await;
+            }
+            self.cycle(&info).await;
+            if let Some(e) = self.stats(group).and_then(|s| s.last_error) {
+                last_error = Some(e);
+            }
+        }
+        Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "failover_failed",
+            format!(
+                "the last changes of group {group} could not be shipped: {}",
+                last_error.unwrap_or_else(|| "no cycle succeeded".into())
+            ),
+        ))
+    }
+
+    /// Reverse, at a promoted group: the old primary becomes its replica
+    /// from their common point, keeping what it wrote after that point as
+    /// a snapshot; then cycles go to it.
+    pub async fn reverse(&self, group: &str) -> ApiResult<ferry_store::Demotion> {
+        let store = self.store.clone();
+        let g = group.to_owned();
+        let (partner, base, at_partner) =
+            blocking(move || store.reverse_plan(&g).map_err(store_error)).await?;
+        let d: ferry_store::Demotion = self
+            .partner_post(
+                &partner,
+                format!("/partner/v1/replication/{group}/demote"),
+                serde_json::json!({ "common": at_partner, "caller_point": base }),
+            )
+            .await?;
+        let store = self.store.clone();
+        let g = group.to_owned();
+        blocking(move || {
+            store
+                .set_replication_paused(&g, false)
+                .map_err(store_error)
+                .map(drop)
+        })
+        .await?;
+        self.trigger(group);
+        Ok(d)
     }
 }

@@ -634,6 +634,58 @@ pub fn table() -> Vec<RouteInfo> {
         .plan(replication::plan_disable)
         .no_content(),
         route(
+            M::POST,
+            "/v1/replications/{group}/reverse",
+            "replication.reverse",
+            P::PartnerWrite,
+            "After a failover here: make the old primary the replica, sending only what changed since the common point",
+            replication::reverse,
+        )
+        .plan(replication::plan_reverse)
+        .reply::<ferry_store::Demotion>(S::OK),
+        route(
+            M::POST,
+            "/v1/failover/{group}/test",
+            "failover.test",
+            P::PartnerWrite,
+            "Clone a recovery point into a throw-away group with read-write exports; replication goes on",
+            replication::failover_test,
+        )
+        .plan(replication::plan_failover_test)
+        .body::<replication::PointChoice>()
+        .reply::<replication::FailoverTest>(S::CREATED),
+        route(
+            M::DELETE,
+            "/v1/failover/{group}/test",
+            "failover.test_cleanup",
+            P::PartnerWrite,
+            "Remove a failover test's group, volumes and exports",
+            replication::failover_test_cleanup,
+        )
+        .plan(replication::plan_failover_test_cleanup)
+        .no_content(),
+        route(
+            M::POST,
+            "/v1/failover/{group}/unplanned",
+            "failover.unplanned",
+            P::PartnerWrite,
+            "The primary is gone: run a replica group from a recovery point and take writes",
+            replication::failover_unplanned,
+        )
+        .plan(replication::plan_failover_unplanned)
+        .body::<replication::PointChoice>()
+        .reply::<ferry_store::Promotion>(S::OK),
+        route(
+            M::POST,
+            "/v1/failover/{group}/planned",
+            "failover.planned",
+            P::PartnerWrite,
+            "At the source: stop writes, ship the last changes, hand over to the replica, become its replica",
+            replication::failover_planned,
+        )
+        .plan(replication::plan_failover_planned)
+        .reply::<crate::site::PlannedFailover>(S::OK),
+        route(
             M::GET,
             "/v1/groups/{group}/recovery-points",
             "recovery_point.list",

@@ -413,3 +413,242 @@ pub async fn recovery_points(
 ) -> ApiResult<Json<Vec<RecoveryPointInfo>>> {
     blocking(move || Ok(Json(st.store().recovery_points(&group)?))).await
 }
+
+// ----- failover -----
+
+/// Which recovery point to use (the latest when none).
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PointChoice {
+    #[serde(default)]
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    point: Option<String>,
+}
+
+/// A failover test's group and its exports.
+#[derive(Serialize, ToSchema)]
+pub struct FailoverTest {
+    group: ferry_store::GroupInfo,
+    /// NBD export names, read-write, one per slot.
+    exports: Vec<String>,
+}
+
+fn link(st: &AppState) -> ApiResult<std::sync::Arc<dyn crate::site::SiteLink>> {
+    st.site_link().cloned().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_site_link",
+            "this daemon does not talk to partners (no usable TLS material)",
+        )
+    })
+}
+
+fn check_point(p: &PointChoice) -> ApiResult<()> {
+    if let Some(n) = &p.point {
+        validate_name("snapshot", n).map_err(|e| ApiError::from(e).field("point"))?;
+    }
+    Ok(())
+}
+
+pub async fn failover_test(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<PointChoice>,
+) -> ApiResult<(StatusCode, Json<FailoverTest>)> {
+    check_point(&req)?;
+    blocking(move || {
+        let store = st.store();
+        let g = store.failover_test(&group, req.point.as_deref())?;
+        let mut exports = Vec::new();
+        for v in g.slots.values() {
+            store.create_export(v, ferry_store::ExportSpec::Volume { volume: v })?;
+            exports.push(v.clone());
+        }
+        Ok((
+            StatusCode::CREATED,
+            Json(FailoverTest { group: g, exports }),
+        ))
+    })
+    .await
+}
+
+pub async fn plan_failover_test(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<PointChoice>,
+) -> ApiResult<Json<Plan>> {
+    check_point(&req)?;
+    blocking(move || {
+        let points = st.store().recovery_points(&group)?;
+        let point = match &req.point {
+            Some(p) => points.iter().find(|x| &x.name == p).ok_or_else(|| {
+                ferry_store::StoreError::not_found("recovery point", format!("{group}@{p}"))
+            })?,
+            None => points.last().ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    format!("group {group} has no recovery point yet"),
+                )
+            })?,
+        };
+        let test = ferry_store::failover_test_group(&group);
+        if st.store().group(&test).is_ok() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "already_exists",
+                format!("a failover test of {group} is running ({test}); clean it up first"),
+            ));
+        }
+        Ok(plan(
+            "failover.test",
+            vec![format!(
+                "clone {group}@{} into group {test} and export its volumes read-write; replication goes on",
+                point.name
+            )],
+        ))
+    })
+    .await
+}
+
+pub async fn failover_test_cleanup(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<StatusCode> {
+    blocking(move || {
+        st.store().failover_test_cleanup(&group)?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub async fn plan_failover_test_cleanup(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        let test = ferry_store::failover_test_group(&group);
+        let g = st.store().group(&test)?;
+        Ok(plan(
+            "failover.test_cleanup",
+            vec![format!(
+                "delete group {test}, its volumes {} and their exports",
+                g.slots.values().cloned().collect::<Vec<_>>().join(", ")
+            )],
+        ))
+    })
+    .await
+}
+
+pub async fn failover_unplanned(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<PointChoice>,
+) -> ApiResult<Json<ferry_store::Promotion>> {
+    check_point(&req)?;
+    blocking(move || {
+        Ok(Json(
+            st.store().promote_replica(&group, req.point.as_deref())?,
+        ))
+    })
+    .await
+}
+
+pub async fn plan_failover_unplanned(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<PointChoice>,
+) -> ApiResult<Json<Plan>> {
+    check_point(&req)?;
+    blocking(move || {
+        let r = st.store().replication(&group)?;
+        if r.role != "replica" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_replica",
+                format!("group {group:?} is not a replica here"),
+            ));
+        }
+        let point = req
+            .point
+            .clone()
+            .or(r.last_point.clone())
+            .unwrap_or_else(|| "(none yet)".into());
+        Ok(plan(
+            "failover.unplanned",
+            vec![
+                format!("run group {group} from recovery point {point} and take writes"),
+                "drop whatever arrived of a cycle after it".into(),
+                format!(
+                    "stop receiving from {}; `ferry replication reverse {group}` sends back to it later",
+                    r.partner
+                ),
+            ],
+        ))
+    })
+    .await
+}
+
+pub async fn failover_planned(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<Json<crate::site::PlannedFailover>> {
+    validate_name("group", &group)?;
+    let l = link(&st)?;
+    Ok(Json(l.failover_planned(&group).await?))
+}
+
+pub async fn plan_failover_planned(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        let r = st.store().replication(&group)?;
+        if r.role != "source" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_source",
+                format!("group {group:?} is not replicated from this site"),
+            ));
+        }
+        Ok(plan(
+            "failover.planned",
+            vec![
+                format!("stop writes to group {group} (its exports turn read-only)"),
+                format!("ship the last changes to {}", r.partner),
+                format!(
+                    "{} runs group {group} from that point and replicates it back here",
+                    r.partner
+                ),
+                format!("group {group} here becomes its replica"),
+            ],
+        ))
+    })
+    .await
+}
+
+pub async fn reverse(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<Json<ferry_store::Demotion>> {
+    validate_name("group", &group)?;
+    let l = link(&st)?;
+    Ok(Json(l.reverse(&group).await?))
+}
+
+pub async fn plan_reverse(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+) -> ApiResult<Json<Plan>> {
+    blocking(move || {
+        let (partner, _, _) = st.store().reverse_plan(&group)?;
+        Ok(plan(
+            "replication.reverse",
+            vec![
+                format!("{partner} keeps what it wrote to {group} after the common point as a snapshot"),
+                format!("{partner} becomes the replica of {group}; cycles send only blocks changed since that point"),
+            ],
+        ))
+    })
+    .await
+}

@@ -59,7 +59,8 @@ pub struct ExportInfo {
     /// The NBD export name.
     pub name: String,
     pub kind: ExportKind,
-    /// True for a snapshot export: clients may only read.
+    /// True for a snapshot export, and for a volume of a replica group or a
+    /// frozen one (a planned failover): clients may only read.
     pub read_only: bool,
     /// Bytes the export shows: the volume's size now, or the snapshot's copy's.
     pub size: u64,
@@ -148,6 +149,11 @@ fn export_info(state: &CatalogState, rec: &ExportRec) -> ExportInfo {
         ExportSource::Volume(id) => {
             info.volume = Some(volume_name(*id));
             info.size = state.volumes.get(id).map_or(0, |v| v.size);
+            // Only replication writes a replica's volumes; a frozen group
+            // (a planned failover) takes no writes at all.
+            if let Some((g, _)) = state.group_of(*id) {
+                info.read_only = super::replication::writes_refused(g);
+            }
         }
         ExportSource::Snapshot { id, slot } => {
             info.kind = ExportKind::Snapshot;

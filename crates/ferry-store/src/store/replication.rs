@@ -739,3 +739,305 @@ impl Store {
         Ok(out)
     }
 }
+
+/// The tag of a group that takes no client writes (a planned failover).
+pub const FROZEN_TAG: &str = "ferry.frozen";
+
+/// Whether clients may not write a group's volumes: a replica (only
+/// replication writes it) or a frozen group.
+pub(crate) fn writes_refused(g: &GroupRec) -> bool {
+    g.tags.contains_key(REPLICA_TAG) || g.tags.contains_key(FROZEN_TAG)
+}
+
+/// What a promotion made of a replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Promotion {
+    pub group: String,
+    /// The recovery point the group now runs from.
+    pub point: String,
+    /// That point's snapshot id here.
+    pub point_id: u64,
+    /// Its snapshot id at the old primary (the common point for a reverse).
+    pub source_id: u64,
+}
+
+/// What turning a group into a replica kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Demotion {
+    pub group: String,
+    /// The common point the group now stands on.
+    pub common: String,
+    /// The snapshot keeping what the group held beyond the common point
+    /// (none when it held nothing more).
+    pub kept: Option<String>,
+}
+
+impl Store {
+    /// Freezes a group (no client writes; exports turn read-only and their
+    /// clients are disconnected) or thaws it.
+    pub fn set_group_frozen(&self, group: &str, why: Option<&str>) -> Result<()> {
+        let mut cat = self.catalog();
+        let mut g = self.group_rec(&cat.state, group)?;
+        match why {
+            Some(w) => g.tags.insert(FROZEN_TAG.into(), w.into()),
+            None => g.tags.remove(FROZEN_TAG),
+        };
+        // The guard tells the export listeners when it is dropped.
+        cat.commit(vec![Change::PutGroup(g)])
+    }
+
+    /// Failover: the replica group runs from recovery point `point` (the
+    /// latest when none) and takes writes. Whatever its heads held beyond
+    /// the latest point (a cycle being received) is dropped. The
+    /// replication turns around, paused: this site is now the source of
+    /// the partner, from that point, once the partner agrees (a reverse).
+    pub fn promote_replica(&self, group: &str, point: Option<&str>) -> Result<Promotion> {
+        let out = {
+            let mut cat = self.catalog();
+            let g = self.group_rec(&cat.state, group)?;
+            let r = Self::replication_of(&cat.state, &g)
+                .filter(|r| r.role == ReplicationRole::Replica)
+                .ok_or_else(|| StoreError::not_found("replica group", group))?;
+            let snap = match point {
+                Some(name) => cat
+                    .state
+                    .snapshot_by_name(OwnerId::Group(g.id), name)
+                    .filter(|s| r.source_ids.contains_key(&s.id))
+                    .cloned()
+                    .ok_or_else(|| {
+                        StoreError::not_found("recovery point", format!("{group}@{name}"))
+                    })?,
+                None => r
+                    .base
+                    .and_then(|b| cat.state.snapshots.get(&b).cloned())
+                    .ok_or_else(|| {
+                        StoreError::Conflict(format!(
+                            "group {group} has no recovery point yet: nothing to fail over to"
+                        ))
+                    })?,
+            };
+            let source_id = r.source_ids[&snap.id];
+            let name = format!("failover-discard-{}", cat.state.next_id);
+            let members = g.slots.clone();
+            let rebase = snap.members.clone();
+            let mut g2 = g.clone();
+            g2.tags.remove(REPLICA_TAG);
+            g2.tags.remove(FROZEN_TAG);
+            let mut r2 = r.clone();
+            r2.role = ReplicationRole::Source;
+            r2.paused = true;
+            r2.base = Some(snap.id);
+            r2.pending = None;
+            r2.partial = None;
+            r2.next_cycle = r2.next_cycle.max(1);
+            self.seal(
+                &mut cat,
+                OwnerId::Group(g.id),
+                &name,
+                SnapshotKind::Crash,
+                &members,
+                &rebase,
+                |s| {
+                    vec![
+                        Change::DelSnapshot(s.id),
+                        Change::PutReplication(r2),
+                        Change::PutGroup(g2),
+                    ]
+                },
+            )?;
+            Promotion {
+                group: group.to_owned(),
+                point: snap.name.clone(),
+                point_id: snap.id.0,
+                source_id,
+            }
+        };
+        self.collect_garbage()?;
+        Ok(out)
+    }
+
+    /// Reverse, at the old primary: the group becomes a replica of
+    /// `partner` standing on its snapshot `common` (id here), which the
+    /// partner knows as `partner_id`. What the group held beyond `common`
+    /// is kept as a snapshot `kept-before-reverse-N` first (nothing is
+    /// kept when it held nothing more).
+    pub fn demote_to_replica(
+        &self,
+        group: &str,
+        partner: &str,
+        common: u64,
+        partner_id: u64,
+    ) -> Result<Demotion> {
+        let common_name = {
+            let cat = self.catalog();
+            let g = self.group_rec(&cat.state, group)?;
+            let r = Self::replication_of(&cat.state, &g)
+                .filter(|r| r.role == ReplicationRole::Source && r.partner == partner)
+                .ok_or_else(|| {
+                    StoreError::not_found("replication to partner", format!("{group} → {partner}"))
+                })?;
+            let id = SnapshotId(common);
+            let held = r.base == Some(id) || r.pending.as_ref().is_some_and(|p| p.snapshot == id);
+            match cat.state.snapshots.get(&id) {
+                Some(s) if held => s.name.clone(),
+                _ => {
+                    return Err(StoreError::Conflict(format!(
+                        "group {group} no longer holds the common point {common}: a full copy (resync) is needed"
+                    )));
+                }
+            }
+        };
+        let changed = self
+            .diff(Target::Group(group), &common_name, DiffEnd::Live)?
+            .values()
+            .any(|s| !s.is_empty());
+        let out = {
+            let mut cat = self.catalog();
+            let g = self.group_rec(&cat.state, group)?;
+            let r = Self::replication_of(&cat.state, &g).ok_or_else(|| not_replicated(group))?;
+            let snap = cat.state.snapshots[&SnapshotId(common)].clone();
+            let mut kept = format!("kept-before-reverse-{}", cat.state.next_id);
+            if !changed {
+                kept = format!("reverse-discard-{}", cat.state.next_id);
+            }
+            let members = g.slots.clone();
+            let rebase = snap.members.clone();
+            let mut g2 = g.clone();
+            g2.tags.remove(FROZEN_TAG);
+            g2.tags.insert(REPLICA_TAG.into(), partner.into());
+            let mut r2 = r.clone();
+            r2.role = ReplicationRole::Replica;
+            r2.paused = false;
+            r2.base = Some(snap.id);
+            r2.pending = None;
+            r2.partial = None;
+            r2.source_ids = BTreeMap::from([(snap.id, partner_id)]);
+            r2.source_created = BTreeMap::from([(snap.id, snap.created)]);
+            // The old base or pending snapshot that is not the common one.
+            let stale: Vec<SnapshotId> = r
+                .base
+                .iter()
+                .chain(r.pending.as_ref().map(|p| &p.snapshot))
+                .filter(|id| **id != snap.id && cat.state.snapshots.contains_key(id))
+                .copied()
+                .collect();
+            self.seal(
+                &mut cat,
+                OwnerId::Group(g.id),
+                &kept,
+                SnapshotKind::Crash,
+                &members,
+                &rebase,
+                |s| {
+                    let mut c = vec![Change::PutReplication(r2), Change::PutGroup(g2)];
+                    if !changed {
+                        c.push(Change::DelSnapshot(s.id));
+                    }
+                    c.extend(stale.into_iter().map(Change::DelSnapshot));
+                    c
+                },
+            )?;
+            Demotion {
+                group: group.to_owned(),
+                common: snap.name.clone(),
+                kept: changed.then_some(kept),
+            }
+        };
+        self.collect_garbage()?;
+        Ok(out)
+    }
+
+    /// Failover test: a throw-away group `GROUP-test` cloned from recovery
+    /// point `point` (the latest when none); replication goes on.
+    pub fn failover_test(&self, group: &str, point: Option<&str>) -> Result<super::GroupInfo> {
+        let name = {
+            let cat = self.catalog();
+            let g = self.group_rec(&cat.state, group)?;
+            let r = Self::replication_of(&cat.state, &g)
+                .filter(|r| r.role == ReplicationRole::Replica)
+                .ok_or_else(|| StoreError::not_found("replica group", group))?;
+            match point {
+                Some(p) => {
+                    let s = cat
+                        .state
+                        .snapshot_by_name(OwnerId::Group(g.id), p)
+                        .filter(|s| r.source_ids.contains_key(&s.id))
+                        .ok_or_else(|| {
+                            StoreError::not_found("recovery point", format!("{group}@{p}"))
+                        })?;
+                    s.name.clone()
+                }
+                None => r
+                    .base
+                    .and_then(|b| cat.state.snapshots.get(&b))
+                    .map(|s| s.name.clone())
+                    .ok_or_else(|| {
+                        StoreError::Conflict(format!("group {group} has no recovery point yet"))
+                    })?,
+            }
+        };
+        self.clone_group(group, &name, &failover_test_group(group))
+    }
+
+    /// Removes a failover test's group, its volumes and their exports.
+    pub fn failover_test_cleanup(&self, group: &str) -> Result<()> {
+        let test = failover_test_group(group);
+        let g = self.group(&test)?;
+        let vols: Vec<String> = g.slots.values().cloned().collect();
+        for e in self.list_exports() {
+            if e.volume.as_ref().is_some_and(|v| vols.contains(v)) {
+                self.remove_export(&e.name)?;
+            }
+        }
+        self.delete_group(&test)?;
+        for v in vols {
+            self.delete_volume(&v)?;
+        }
+        Ok(())
+    }
+}
+
+/// The name of a failover test's group.
+pub fn failover_test_group(group: &str) -> String {
+    format!("{group}-test")
+}
+
+impl Store {
+    /// For a reverse at a promoted group: the partner, the point it runs
+    /// from (id here) and that point's id at the partner.
+    pub fn reverse_plan(&self, group: &str) -> Result<(String, u64, u64)> {
+        let cat = self.catalog();
+        let g = self.group_rec(&cat.state, group)?;
+        let r = Self::replication_of(&cat.state, &g)
+            .filter(|r| r.role == ReplicationRole::Source)
+            .ok_or_else(|| {
+                StoreError::Conflict(format!(
+                    "group {group} is not a promoted replica or a source here"
+                ))
+            })?;
+        let base = r.base.ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "group {group} has no common point with its partner"
+            ))
+        })?;
+        let at_partner = r.source_ids.get(&base).copied().ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "group {group} was not failed over here: its partner is its replica already"
+            ))
+        })?;
+        Ok((r.partner.clone(), base.0, at_partner))
+    }
+
+    /// The recovery point of `group` whose id at the source is `source_id`.
+    pub fn recovery_point_by_source(&self, group: &str, source_id: u64) -> Result<String> {
+        self.recovery_points(group)?
+            .into_iter()
+            .find(|p| p.source_id == source_id)
+            .map(|p| p.name)
+            .ok_or_else(|| {
+                StoreError::not_found("recovery point", format!("{group} (source id {source_id})"))
+            })
+    }
+}
