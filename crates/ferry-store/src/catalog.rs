@@ -166,6 +166,10 @@ pub(crate) struct ReplicationRec {
     /// Replica: when the source took each recovery point.
     #[serde(default)]
     pub source_created: BTreeMap<SnapshotId, u64>,
+    /// Source: the acknowledged points it keeps (the replica keeps the same
+    /// ones), so a failover to an older point can be reversed by a delta.
+    #[serde(default)]
+    pub points: Vec<SnapshotId>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -24,6 +24,9 @@ pub enum ReplicationCmd {
         /// Hourly recovery points kept besides the latest (default 24)
         #[arg(long)]
         keep_hourly: Option<u32>,
+        /// The last points kept whatever their hour (default 4)
+        #[arg(long)]
+        keep_last: Option<u32>,
         /// Every N-th point application-consistent (default 0: never)
         #[arg(long)]
         app_every: Option<u32>,
@@ -169,6 +172,7 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
             partner,
             interval,
             keep_hourly,
+            keep_last,
             app_every,
             compression,
             bandwidth,
@@ -187,6 +191,9 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
             body.insert("compression".into(), json!(compression));
             if let Some(k) = keep_hourly {
                 body.insert("keep_hourly".into(), json!(k));
+            }
+            if let Some(k) = keep_last {
+                body.insert("keep_last".into(), json!(k));
             }
             if let Some(a) = app_every {
                 body.insert("app_every".into(), json!(a));

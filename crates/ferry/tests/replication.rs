@@ -99,6 +99,15 @@ fn refused(d: &Daemon, args: &[&str], needle: &str) {
     assert!(out.stderr.contains(needle), "{args:?}: {}", out.stderr);
 }
 
+fn snapshots(d: &Daemon, group: &str) -> Vec<String> {
+    d.json(&["snapshot", "list", group])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn status(d: &Daemon, group: &str) -> Value {
     d.json(&["replication", "status", group])[0].clone()
 }
@@ -224,15 +233,8 @@ fn cycles_ship_only_changes_into_recovery_points_equal_to_their_snapshots() {
     let s2 = status(&a, "vm1");
     let changed2 = s2["stats"]["bytes_changed"].as_u64().unwrap() - changed1;
     assert_eq!(changed2, 1024 * 1024, "{s2}");
-    // the source keeps only the acknowledged base; the replica keeps both
-    let snaps: Vec<String> = a
-        .json(&["snapshot", "list", "vm1"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(snaps, ["repl-2"]);
+    // both sides keep the same points (the last 4 by default)
+    assert_eq!(snapshots(&a, "vm1"), ["repl-1", "repl-2"]);
     assert_eq!(points(&b, "vm1"), ["repl-1", "repl-2"]);
     // the base is kept: its deletion is refused, and so is the group's
     refused(&a, &["snapshot", "delete", "vm1@repl-2"], "replication");
@@ -318,4 +320,161 @@ fn a_cycle_cut_by_killing_the_replica_resumes_where_it_stopped() {
     assert!(total < (20 << 20) + (48 << 20), "{s}");
     assert!(s["stats"]["cycles_failed"].as_u64().unwrap() >= 1, "{s}");
     assert_eq!(s["health"], "normal", "{s}");
+}
+
+/// `qemu-io -r`: reads of a read-only export.
+fn qemu_io_ro(uri: &str, cmds: &[&str]) {
+    let mut args = vec!["-r", "-f", "raw"];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.push(uri);
+    let (ok, text) = run("qemu-io", &args);
+    assert!(ok && !text.contains("failed"), "qemu-io {args:?}:\n{text}");
+}
+
+/// `qemu-io` that must fail (a write to a read-only export).
+fn qemu_io_refused(uri: &str, cmd: &str) {
+    let (ok, text) = run("qemu-io", &["-f", "raw", "-c", cmd, uri]);
+    assert!(
+        !ok || text.contains("failed") || text.contains("ermission"),
+        "{cmd} on {uri} was accepted:\n{text}"
+    );
+}
+
+#[test]
+fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"));
+    let b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    a.ferry(&["volume", "create", "vm3-disk", "--size", "32M"])
+        .ok();
+    a.ferry(&["group", "create", "vm3", "--slot", "disk=vm3-disk"])
+        .ok();
+    a.ferry(&["export", "add", "vm3-disk", "--volume", "vm3-disk"])
+        .ok();
+    let a_disk = format!("nbd://{}/vm3-disk", a.nbd);
+    let b_disk = format!("nbd://{}/vm3-disk", b.nbd);
+    qemu_io(&a_disk, &["write -P 0x01 0 4M"]);
+    a.ferry(&[
+        "replication",
+        "enable",
+        "vm3",
+        "--partner",
+        "site-b",
+        "--interval",
+        "1h",
+    ])
+    .ok();
+    let cycle = |src: &Daemon, dst: &Daemon, n: usize| {
+        src.ferry(&["replication", "run", "vm3"]).ok();
+        wait_for("a recovery point", || points(dst, "vm3").len() >= n);
+        let last = points(dst, "vm3").last().unwrap().clone();
+        wait_for("the acknowledgement", || {
+            let s = status(src, "vm3");
+            s["last_point"] == last.as_str() && s["pending_cycle"].is_null()
+        });
+        last
+    };
+    wait_for("the initial copy", || points(&b, "vm3").len() == 1);
+    wait_for("its acknowledgement", || {
+        status(&a, "vm3")["last_point"] == "repl-1"
+    });
+
+    // a replica's volumes take no client writes
+    b.ferry(&["export", "add", "vm3-disk", "--volume", "vm3-disk"])
+        .ok();
+    qemu_io_refused(&b_disk, "write -P 0x09 0 4k");
+
+    // test failover while the primary writes and cycles go on
+    let t = b.json(&["failover", "test", "vm3"]);
+    assert_eq!(t["exports"], serde_json::json!(["vm3-test-disk"]), "{t}");
+    let test_disk = format!("nbd://{}/vm3-test-disk", b.nbd);
+    qemu_io(&test_disk, &["write -P 0x0f 0 64k"]);
+    qemu_io(&a_disk, &["write -P 0x02 4M 1M"]);
+    let p2 = cycle(&a, &b, 2);
+    assert_eq!(p2, "repl-2");
+    same(&a, &b, "vm3", "repl-2", "disk");
+    // the test copy kept its own writes and its point's data
+    qemu_io(
+        &test_disk,
+        &[
+            "read -P 0x0f 0 64k",
+            "read -P 0x01 64k 64k",
+            "read -P 0 4M 4k",
+        ],
+    );
+    b.ferry(&["failover", "test", "vm3", "--cleanup"]).ok();
+    refused(&b, &["group", "show", "vm3-test"], "vm3-test");
+
+    // a third point, then late writes at the primary that never replicate
+    qemu_io(&a_disk, &["write -P 0x03 5M 1M"]);
+    assert_eq!(cycle(&a, &b, 3), "repl-3");
+    a.ferry(&["replication", "pause", "vm3"]).ok();
+    qemu_io(&a_disk, &["write -P 0x04 6M 1M"]);
+
+    // unplanned failover to the older repl-2: B runs from it and takes writes
+    refused(
+        &b,
+        &["failover", "unplanned", "vm3", "--point", "nope"],
+        "nope",
+    );
+    let u = b.json(&["failover", "unplanned", "vm3", "--point", "repl-2"]);
+    assert_eq!(u["point"], "repl-2", "{u}");
+    qemu_io(
+        &b_disk,
+        &[
+            "read -P 0x02 4M 1M",
+            "read -P 0 5M 1M",
+            "write -P 0x05 7M 1M",
+        ],
+    );
+
+    // reverse: A keeps its late writes as a snapshot and becomes B's replica
+    let d = b.json(&["replication", "reverse", "vm3"]);
+    assert_eq!(d["common"], "repl-2", "{d}");
+    let kept = d["kept"]
+        .as_str()
+        .expect("A wrote after the common point")
+        .to_owned();
+    let kept_uri = export_point(&a, "vm3", &kept, "disk");
+    qemu_io_ro(&kept_uri, &["read -P 0x03 5M 1M", "read -P 0x04 6M 1M"]);
+    assert_eq!(status(&a, "vm3")["role"], "replica");
+    qemu_io_refused(&a_disk, "write -P 0x09 0 4k");
+    // B's next cycle ships only what changed since repl-2
+    let before = status(&b, "vm3")["stats"]["bytes_changed"]
+        .as_u64()
+        .unwrap_or(0);
+    let back = cycle(&b, &a, 1);
+    same(&b, &a, "vm3", &back, "disk");
+    let changed = status(&b, "vm3")["stats"]["bytes_changed"]
+        .as_u64()
+        .unwrap()
+        - before;
+    assert!(
+        changed <= 2 << 20,
+        "the reverse cycle shipped {changed} bytes"
+    );
+    qemu_io_ro(&a_disk, &["read -P 0x05 7M 1M", "read -P 0 6M 1M"]);
+
+    // planned failover back to A: nothing acknowledged at B is lost
+    qemu_io(&b_disk, &["write -P 0x06 8M 1M"]);
+    let r = b.json(&["failover", "planned", "vm3"]);
+    assert_eq!(r["partner"], "site-a", "{r}");
+    assert_eq!(r["demotion"]["kept"], Value::Null, "{r}");
+    qemu_io(
+        &a_disk,
+        &[
+            "read -P 0x06 8M 1M",
+            "read -P 0x05 7M 1M",
+            "write -P 0x07 9M 1M",
+        ],
+    );
+    assert_eq!(status(&b, "vm3")["role"], "replica");
+    qemu_io_refused(&b_disk, "write -P 0x09 0 4k");
+    // and replication runs from A again
+    let n = points(&b, "vm3").len();
+    let again = cycle(&a, &b, n + 1);
+    same(&a, &b, "vm3", &again, "disk");
 }

@@ -43,6 +43,10 @@ pub struct EnableReplication {
     #[serde(default)]
     #[schema(maximum = 8760)]
     keep_hourly: Option<u32>,
+    /// The last points kept whatever their hour (default 4).
+    #[serde(default)]
+    #[schema(maximum = 1000)]
+    keep_last: Option<u32>,
     /// Every N-th point application-consistent (default 0: never).
     #[serde(default)]
     #[schema(maximum = 1000000)]
@@ -109,9 +113,14 @@ fn settings(req: &EnableReplication) -> ApiResult<ReplicationSettings> {
             ApiError::bad_request("keep_hourly must be at most 8760 (a year)").field("keep_hourly"),
         );
     }
+    let keep_last = req.keep_last.unwrap_or(d.keep_last);
+    if keep_last > 1000 {
+        return Err(ApiError::bad_request("keep_last must be at most 1000").field("keep_last"));
+    }
     Ok(ReplicationSettings {
         interval_secs,
         keep_hourly,
+        keep_last,
         app_every: req.app_every.unwrap_or(d.app_every),
         compression,
         bandwidth: req.bandwidth_bytes_per_second,

@@ -42,6 +42,9 @@ pub struct ReplicationSettings {
     pub interval_secs: u64,
     /// Hourly recovery points kept besides the latest.
     pub keep_hourly: u32,
+    /// The last points kept whatever their hour (the latest among them).
+    #[serde(default = "default_keep_last")]
+    pub keep_last: u32,
     /// Every N-th point application-consistent (0: never).
     pub app_every: u32,
     /// zstd on the wire.
@@ -50,11 +53,16 @@ pub struct ReplicationSettings {
     pub bandwidth: Option<u64>,
 }
 
+fn default_keep_last() -> u32 {
+    4
+}
+
 impl Default for ReplicationSettings {
     fn default() -> Self {
         ReplicationSettings {
             interval_secs: 300,
             keep_hourly: 24,
+            keep_last: default_keep_last(),
             app_every: 0,
             compression: true,
             bandwidth: None,
@@ -222,6 +230,7 @@ impl Store {
             partial: None,
             source_ids: BTreeMap::new(),
             source_created: BTreeMap::new(),
+            points: Vec::new(),
         };
         cat.commit(vec![Change::PutReplication(rec.clone())])?;
         Ok(info(&cat.state, &rec))
@@ -267,7 +276,12 @@ impl Store {
             let out = info(&cat.state, &r);
             let mut changes = vec![Change::DelReplication(r.id)];
             if r.role == ReplicationRole::Source {
-                for id in r.base.iter().chain(r.pending.as_ref().map(|p| &p.snapshot)) {
+                let mut ids: Vec<SnapshotId> = r.points.clone();
+                ids.extend(r.base);
+                ids.extend(r.pending.as_ref().map(|p| p.snapshot));
+                ids.sort();
+                ids.dedup();
+                for id in &ids {
                     if cat.state.snapshots.contains_key(id) {
                         changes.extend(cat.state.exports_of(|s| {
                         matches!(s, crate::catalog::ExportSource::Snapshot { id: e, .. } if e == id)
@@ -416,14 +430,26 @@ impl Store {
             };
             let mut changes = Vec::new();
             if let Some(old) = rec.base
-                && old != p.snapshot
-                && cat.state.snapshots.contains_key(&old)
+                && !rec.points.contains(&old)
             {
-                changes.extend(cat.state.exports_of(
-                    |s| matches!(s, crate::catalog::ExportSource::Snapshot { id, .. } if *id == old),
-                ));
-                changes.push(Change::DelSnapshot(old));
+                rec.points.push(old);
             }
+            rec.points.push(p.snapshot);
+            let dated: Vec<(SnapshotId, u64)> = rec
+                .points
+                .iter()
+                .filter_map(|id| cat.state.snapshots.get(id).map(|s| (*id, s.created)))
+                .collect();
+            let keep = retained(&dated, &rec.settings, now());
+            for id in rec.points.iter().filter(|id| !keep.contains(id)) {
+                if cat.state.snapshots.contains_key(id) {
+                    changes.extend(cat.state.exports_of(
+                        |s| matches!(s, crate::catalog::ExportSource::Snapshot { id: e, .. } if e == id),
+                    ));
+                    changes.push(Change::DelSnapshot(*id));
+                }
+            }
+            rec.points.retain(|id| keep.contains(id));
             rec.base = Some(p.snapshot);
             rec.pending = None;
             changes.push(Change::PutReplication(rec));
@@ -590,6 +616,7 @@ impl Store {
             partial: None,
             source_ids: BTreeMap::new(),
             source_created: BTreeMap::new(),
+            points: Vec::new(),
         };
         cat.commit(vec![
             Change::PutGroup(g.clone()),
@@ -690,6 +717,17 @@ impl Store {
             pname = format!("{name}-{n}");
         }
         let members = g.slots.clone();
+        let cat_snapshots: std::collections::BTreeSet<SnapshotId> =
+            cat.state.snapshots.keys().copied().collect();
+        let cat_exports: Vec<(crate::types::ExportId, SnapshotId)> = cat
+            .state
+            .exports
+            .values()
+            .filter_map(|e| match &e.source {
+                crate::catalog::ExportSource::Snapshot { id, .. } => Some((e.id, *id)),
+                _ => None,
+            })
+            .collect();
         let snap = self.seal(
             &mut cat,
             OwnerId::Group(g.id),
@@ -703,7 +741,30 @@ impl Store {
                 r.source_ids.insert(s.id, p.source_point);
                 r.partial = None;
                 r.source_created.insert(s.id, source_created);
-                vec![Change::PutReplication(r)]
+                // The same rule as the source's, on the source's times.
+                let dated: Vec<(SnapshotId, u64)> =
+                    r.source_created.iter().map(|(id, c)| (*id, *c)).collect();
+                let keep = retained(&dated, &r.settings, now());
+                let mut c = Vec::new();
+                for id in dated
+                    .iter()
+                    .map(|(id, _)| *id)
+                    .filter(|id| !keep.contains(id))
+                {
+                    if cat_snapshots.contains(&id) {
+                        c.extend(
+                            cat_exports
+                                .iter()
+                                .filter(|(_, sid)| *sid == id)
+                                .map(|(e, _)| Change::DelExport(*e)),
+                        );
+                        c.push(Change::DelSnapshot(id));
+                    }
+                    r.source_ids.remove(&id);
+                    r.source_created.remove(&id);
+                }
+                c.push(Change::PutReplication(r));
+                c
             },
         )?;
         Ok(RecoveryPoint {
@@ -738,6 +799,40 @@ impl Store {
         out.sort_by_key(|p| (p.received, p.source_id));
         Ok(out)
     }
+}
+
+/// The points to keep of `points` (id, creation time, ns): the latest, the
+/// last `keep_last`, and the newest of each of the last `keep_hourly` hours
+/// before `now`.
+pub(crate) fn retained(
+    points: &[(SnapshotId, u64)],
+    s: &ReplicationSettings,
+    now: u64,
+) -> std::collections::BTreeSet<SnapshotId> {
+    let keep_hourly = s.keep_hourly;
+    let mut by_age: Vec<(u64, SnapshotId)> = points.iter().map(|(i, c)| (*c, *i)).collect();
+    by_age.sort_unstable_by(|a, b| b.cmp(a));
+    const HOUR: u64 = 3_600_000_000_000;
+    let mut keep = std::collections::BTreeSet::new();
+    let mut newest: BTreeMap<u64, (u64, SnapshotId)> = BTreeMap::new();
+    let mut latest: Option<(u64, SnapshotId)> = None;
+    for &(id, created) in points {
+        if latest.is_none_or(|l| (created, id) > l) {
+            latest = Some((created, id));
+        }
+        let age = now.saturating_sub(created) / HOUR;
+        if age < u64::from(keep_hourly) {
+            let bucket = created / HOUR;
+            let e = newest.entry(bucket).or_insert((created, id));
+            if (created, id) > *e {
+                *e = (created, id);
+            }
+        }
+    }
+    keep.extend(latest.map(|l| l.1));
+    keep.extend(newest.values().map(|v| v.1));
+    keep.extend(by_age.iter().take(s.keep_last as usize).map(|v| v.1));
+    keep
 }
 
 /// The tag of a group that takes no client writes (a planned failover).
@@ -832,6 +927,7 @@ impl Store {
             r2.pending = None;
             r2.partial = None;
             r2.next_cycle = r2.next_cycle.max(1);
+            r2.points = vec![snap.id];
             self.seal(
                 &mut cat,
                 OwnerId::Group(g.id),
@@ -879,7 +975,9 @@ impl Store {
                     StoreError::not_found("replication to partner", format!("{group} → {partner}"))
                 })?;
             let id = SnapshotId(common);
-            let held = r.base == Some(id) || r.pending.as_ref().is_some_and(|p| p.snapshot == id);
+            let held = r.base == Some(id)
+                || r.points.contains(&id)
+                || r.pending.as_ref().is_some_and(|p| p.snapshot == id);
             match cat.state.snapshots.get(&id) {
                 Some(s) if held => s.name.clone(),
                 _ => {
@@ -915,6 +1013,7 @@ impl Store {
             r2.partial = None;
             r2.source_ids = BTreeMap::from([(snap.id, partner_id)]);
             r2.source_created = BTreeMap::from([(snap.id, snap.created)]);
+            r2.points = Vec::new();
             // The old base or pending snapshot that is not the common one.
             let stale: Vec<SnapshotId> = r
                 .base
