@@ -70,6 +70,34 @@ pub trait SiteLink: Send + Sync + fmt::Debug {
     fn failover_planned<'a>(&'a self, group: &'a str) -> BoxFuture<'a, ApiResult<PlannedFailover>>;
     /// Reverse replication of a promoted `group`.
     fn reverse<'a>(&'a self, group: &'a str) -> BoxFuture<'a, ApiResult<ferry_store::Demotion>>;
+    /// Writes the initial copy of `group` as a stream into a new file
+    /// `path` on this machine.
+    fn seed_export<'a>(
+        &'a self,
+        group: &'a str,
+        path: &'a std::path::Path,
+    ) -> BoxFuture<'a, ApiResult<SeedExport>>;
+    /// Applies a seed file `path` (made by `partner`) to replica `group`.
+    fn seed_import<'a>(
+        &'a self,
+        group: &'a str,
+        partner: &'a str,
+        path: &'a std::path::Path,
+    ) -> BoxFuture<'a, ApiResult<ferry_store::RecoveryPoint>>;
+}
+
+/// What a seed export wrote.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct SeedExport {
+    pub group: String,
+    /// The file written (on the daemon's machine).
+    pub file: String,
+    /// The point the seed makes at the replica.
+    pub point: String,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Changed (allocated) bytes it carries.
+    pub changed_bytes: u64,
 }
 
 /// What a planned failover did.

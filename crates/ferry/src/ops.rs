@@ -57,6 +57,8 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("replication disable", "replication.disable"),
     ("recovery-point list", "recovery_point.list"),
     ("replication reverse", "replication.reverse"),
+    ("replication seed export", "replication.seed_export"),
+    ("replication seed import", "replication.seed_import"),
     ("failover test", "failover.test"),
     // A flag that makes a command call another operation.
     ("failover test --cleanup", "failover.test_cleanup"),

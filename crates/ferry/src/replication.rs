@@ -36,7 +36,13 @@ pub enum ReplicationCmd {
         /// At most this rate on the wire: 10mbit, 20MB (per second), 500k or bytes
         #[arg(long)]
         bandwidth: Option<String>,
+        /// Start paused (to carry the initial copy by hand: `seed export`)
+        #[arg(long)]
+        paused: bool,
     },
+    /// The initial copy as a file carried by hand
+    #[command(subcommand)]
+    Seed(SeedCmd),
     /// Stop replicating GROUP (the source deletes its cycle snapshots; a
     /// replica keeps its recovery points as ordinary snapshots)
     Disable { group: String },
@@ -54,6 +60,26 @@ pub enum ReplicationCmd {
     /// only blocks changed since the common point (what it wrote after that
     /// point is kept there as a snapshot)
     Reverse { group: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SeedCmd {
+    /// At the source: write GROUP's initial copy into FILE (an absolute
+    /// path on the daemon's machine; it must not exist)
+    Export {
+        group: String,
+        #[arg(long)]
+        file: String,
+    },
+    /// At the replica: apply FILE (an absolute path on the daemon's
+    /// machine) made by PARTNER as GROUP's first recovery point
+    Import {
+        group: String,
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        file: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +202,7 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
             app_every,
             compression,
             bandwidth,
+            paused,
         } => {
             let interval = parse_secs("--interval", &interval)?;
             if interval == 0 {
@@ -201,6 +228,9 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
             if let Some(b) = bandwidth {
                 body.insert("bandwidth_bytes_per_second".into(), json!(parse_rate(&b)?));
             }
+            if paused {
+                body.insert("paused".into(), json!(true));
+            }
             let v = client
                 .post("/v1/replications", &Value::Object(body))
                 .await?;
@@ -225,6 +255,34 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
         ReplicationCmd::Pause { group } => action(client, out, &group, "pause").await?,
         ReplicationCmd::Resume { group } => action(client, out, &group, "resume").await?,
         ReplicationCmd::Run { group } => action(client, out, &group, "run").await?,
+        ReplicationCmd::Seed(SeedCmd::Export { group, file }) => {
+            let file = absolute(&file)?;
+            let v = client
+                .post(
+                    &format!("/v1/replications/{}/seed-export", seg(&group)?),
+                    &json!({ "file": file }),
+                )
+                .await?;
+            print_object(
+                out,
+                &v,
+                &["group", "file", "point", "bytes", "changed_bytes"],
+            );
+        }
+        ReplicationCmd::Seed(SeedCmd::Import {
+            group,
+            partner,
+            file,
+        }) => {
+            let file = absolute(&file)?;
+            let v = client
+                .post(
+                    &format!("/v1/replications/{}/seed-import", seg(&group)?),
+                    &json!({ "partner": partner, "file": file }),
+                )
+                .await?;
+            print_object(out, &v, &["name", "kind", "created", "source_id"]);
+        }
         ReplicationCmd::Reverse { group } => {
             let v = client
                 .post(
@@ -297,6 +355,20 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
         }
     }
     Ok(())
+}
+
+/// A path made absolute against the current directory (the daemon reads
+/// and writes it; it is meant for a daemon on this machine).
+fn absolute(file: &str) -> Result<String> {
+    let p = std::path::Path::new(file);
+    let p = if p.is_absolute() {
+        p.to_owned()
+    } else {
+        std::env::current_dir()?.join(p)
+    };
+    p.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow::anyhow!("--file {file:?} is not valid UTF-8"))
 }
 
 async fn action(client: &Client, out: Format, group: &str, what: &str) -> Result<()> {

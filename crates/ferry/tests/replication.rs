@@ -478,3 +478,119 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
     let again = cycle(&a, &b, n + 1);
     same(&a, &b, "vm3", &again, "disk");
 }
+
+#[test]
+fn a_seed_file_carries_the_initial_copy_and_the_network_sends_only_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"));
+    let b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    a.ferry(&["volume", "create", "vm4-disk", "--size", "64M"])
+        .ok();
+    a.ferry(&["group", "create", "vm4", "--slot", "disk=vm4-disk"])
+        .ok();
+    a.ferry(&["export", "add", "vm4-disk", "--volume", "vm4-disk"])
+        .ok();
+    let disk = format!("nbd://{}/vm4-disk", a.nbd);
+    qemu_io(&disk, &["write -P 0x41 0 16M", "write -P 0x42 32M 8M"]);
+    a.ferry(&[
+        "replication",
+        "enable",
+        "vm4",
+        "--partner",
+        "site-b",
+        "--interval",
+        "1h",
+        "--compression",
+        "off",
+        "--paused",
+    ])
+    .ok();
+    assert_eq!(status(&a, "vm4")["state"], "paused");
+    let seed = dir.path().join("vm4.seed");
+    let seed_s = seed.to_str().unwrap();
+    // a relative path is made absolute by the CLI; junk is refused
+    refused(
+        &a,
+        &["replication", "seed", "export", "vm4", "--file", "/"],
+        "/",
+    );
+    let s = a.json(&["replication", "seed", "export", "vm4", "--file", seed_s]);
+    assert_eq!(s["point"], "repl-1", "{s}");
+    assert_eq!(s["changed_bytes"], 24 << 20, "{s}");
+    assert_eq!(
+        std::fs::metadata(&seed).unwrap().len(),
+        s["bytes"].as_u64().unwrap()
+    );
+    // never over an existing file
+    refused(
+        &a,
+        &["replication", "seed", "export", "vm4", "--file", seed_s],
+        "exist",
+    );
+
+    // a truncated seed is refused and makes no point
+    let cut = dir.path().join("vm4.cut");
+    let whole = std::fs::read(&seed).unwrap();
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    refused(
+        &b,
+        &[
+            "replication",
+            "seed",
+            "import",
+            "vm4",
+            "--partner",
+            "site-a",
+            "--file",
+            cut.to_str().unwrap(),
+        ],
+        "end record",
+    );
+    assert!(points(&b, "vm4").is_empty());
+    refused(
+        &b,
+        &[
+            "replication",
+            "seed",
+            "import",
+            "vm4",
+            "--partner",
+            "nobody",
+            "--file",
+            seed_s,
+        ],
+        "partner",
+    );
+    // the whole seed makes the first point (resuming what the cut one left)
+    let p = b.json(&[
+        "replication",
+        "seed",
+        "import",
+        "vm4",
+        "--partner",
+        "site-a",
+        "--file",
+        seed_s,
+    ]);
+    assert_eq!(p["name"], "repl-1", "{p}");
+    assert_eq!(points(&b, "vm4"), ["repl-1"]);
+    same(&a, &b, "vm4", "repl-1", "disk");
+
+    // resumed: the source finds the point there and sends nothing of it
+    a.ferry(&["replication", "resume", "vm4"]).ok();
+    wait_for("the seed's acknowledgement", || {
+        status(&a, "vm4")["last_point"] == "repl-1"
+    });
+    let s1 = status(&a, "vm4");
+    assert_eq!(s1["stats"]["bytes_changed"], 0, "{s1}");
+    // then a 1 MiB change travels as usual
+    qemu_io(&disk, &["write -P 0x43 8M 1M"]);
+    a.ferry(&["replication", "run", "vm4"]).ok();
+    wait_for("the next point", || points(&b, "vm4").len() == 2);
+    wait_for("its acknowledgement", || {
+        status(&a, "vm4")["last_point"] == "repl-2"
+    });
+    same(&a, &b, "vm4", "repl-2", "disk");
+    assert_eq!(status(&a, "vm4")["stats"]["bytes_changed"], 1 << 20);
+}

@@ -506,6 +506,33 @@ impl SiteLink for Link {
         })
     }
 
+    fn seed_export<'a>(
+        &'a self,
+        group: &'a str,
+        path: &'a std::path::Path,
+    ) -> BoxFuture<'a, ApiResult<ferry_api::site::SeedExport>> {
+        Box::pin(async move {
+            match self.replicator() {
+                Some(r) => r.seed_export(group, path).await,
+                None => Err(ApiError::internal("the replication sender is not running")),
+            }
+        })
+    }
+
+    fn seed_import<'a>(
+        &'a self,
+        group: &'a str,
+        partner: &'a str,
+        path: &'a std::path::Path,
+    ) -> BoxFuture<'a, ApiResult<ferry_store::RecoveryPoint>> {
+        Box::pin(async move {
+            match self.replicator() {
+                Some(r) => r.seed_import(group, partner, path).await,
+                None => Err(ApiError::internal("the replication sender is not running")),
+            }
+        })
+    }
+
     fn reverse<'a>(&'a self, group: &'a str) -> BoxFuture<'a, ApiResult<ferry_store::Demotion>> {
         Box::pin(async move {
             match self.replicator() {

@@ -28,7 +28,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use ferry_api::site::{PlannedFailover, ReplicationStats};
+use ferry_api::site::{PlannedFailover, ReplicationStats, SeedExport};
 use ferry_api::{ApiError, ApiResult};
 use ferry_repl::cycle::{
     BlockSource, CycleReceiver, CycleSender, ReceiveError, Received, ReplicaSink, resume_from_text,
@@ -236,7 +236,12 @@ fn receive(
                     )
                     .map_err(store_error)?;
                 let held = c.resume.as_deref().and_then(resume_from_text);
-                if held != h.resume {
+                if held.is_some() && h.resume.is_none() {
+                    // The same cycle from its start (a sender that lost
+                    // track, a seed applied again): its runs rewrite what
+                    // the partial one wrote, with the same data.
+                    store.replica_restart(&c, h.cycle.0).map_err(store_error)?;
+                } else if held != h.resume {
                     return Err(ApiError::new(
                         StatusCode::CONFLICT,
                         "resume_mismatch",
@@ -537,56 +542,7 @@ impl Replicator {
                 start.cycle
             );
         }
-        let volumes: Vec<rs::Volume> = start
-            .point
-            .members
-            .iter()
-            .map(|(slot, m)| rs::Volume {
-                slot: slot.clone(),
-                size: m.size,
-            })
-            .collect();
-        let changed: Vec<_> = start
-            .point
-            .members
-            .keys()
-            .map(|slot| start.changed.get(slot).cloned().unwrap_or_default())
-            .collect();
-        let header = CycleHeader {
-            group: r.group.clone(),
-            cycle: rs::CycleId(start.cycle),
-            base: base_id.map(rs::SnapshotId),
-            point: rs::Point {
-                snapshot: rs::SnapshotId(point_id),
-                name: start.point.name.clone(),
-                created: start.point.created,
-            },
-            volumes,
-            compression: if start.settings.compression {
-                Compression::Zstd
-            } else {
-                Compression::None
-            },
-            resume,
-        };
-        let readers: Vec<SnapshotReader> = {
-            let store = self.store.clone();
-            let group = r.group.clone();
-            let name = start.point.name.clone();
-            let slots: Vec<String> = start.point.members.keys().cloned().collect();
-            blocking(move || {
-                slots
-                    .iter()
-                    .map(|s| {
-                        store
-                            .open_snapshot(Target::Group(&group), &name, Some(s))
-                            .map_err(store_error)
-                    })
-                    .collect()
-            })
-            .await?
-        };
-        let mut sender = CycleSender::new(header, changed, 3);
+        let (mut sender, readers) = self.cycle_sender(&r.group, &start, base_id, resume).await?;
         {
             let mut f = self.figures.lock();
             let g = f.entry(r.group.clone()).or_default();
@@ -661,6 +617,67 @@ impl Replicator {
         tracing::info!(group = %r.group, partner = %partner.name, point = %point.name, bytes = sent, "cycle acknowledged");
         self.finish(&r.group, start.cycle).await?;
         Ok((sent, covered))
+    }
+
+    /// The encoder of `start`'s stream (from `resume`, if given) and the
+    /// readers of its snapshot's volumes.
+    async fn cycle_sender(
+        &self,
+        group: &str,
+        start: &ferry_store::CycleStart,
+        base_id: Option<u64>,
+        resume: Option<rs::ResumePoint>,
+    ) -> ApiResult<(CycleSender, Vec<SnapshotReader>)> {
+        let volumes: Vec<rs::Volume> = start
+            .point
+            .members
+            .iter()
+            .map(|(slot, m)| rs::Volume {
+                slot: slot.clone(),
+                size: m.size,
+            })
+            .collect();
+        let changed: Vec<_> = start
+            .point
+            .members
+            .keys()
+            .map(|slot| start.changed.get(slot).cloned().unwrap_or_default())
+            .collect();
+        let header = CycleHeader {
+            group: group.to_owned(),
+            cycle: rs::CycleId(start.cycle),
+            base: base_id.map(rs::SnapshotId),
+            point: rs::Point {
+                snapshot: rs::SnapshotId(start.point.id.0),
+                name: start.point.name.clone(),
+                created: start.point.created,
+            },
+            volumes,
+            compression: if start.settings.compression {
+                Compression::Zstd
+            } else {
+                Compression::None
+            },
+            resume,
+        };
+        let readers: Vec<SnapshotReader> = {
+            let store = self.store.clone();
+            let group = group.to_owned();
+            let name = start.point.name.clone();
+            let slots: Vec<String> = start.point.members.keys().cloned().collect();
+            blocking(move || {
+                slots
+                    .iter()
+                    .map(|s| {
+                        store
+                            .open_snapshot(Target::Group(&group), &name, Some(s))
+                            .map_err(store_error)
+                    })
+                    .collect()
+            })
+            .await?
+        };
+        Ok((CycleSender::new(header, changed, 3), readers))
     }
 
     async fn finish(&self, group: &str, cycle: u64) -> ApiResult<()> {
@@ -990,5 +1007,151 @@ impl Replicator {
         .await?;
         self.trigger(group);
         Ok(d)
+    }
+}
+
+// ----- seeds: the initial copy carried by hand -----
+
+impl Replicator {
+    /// Writes the initial copy of `group` (its pending first cycle) as a
+    /// replication stream into the new file `path`. The replica applies it
+    /// with [`Replicator::seed_import`]; the next contact then finds the
+    /// point there and only records it, sending nothing more.
+    pub async fn seed_export(&self, group: &str, path: &std::path::Path) -> ApiResult<SeedExport> {
+        let store = self.store.clone();
+        let g = group.to_owned();
+        let info = blocking(move || store.replication(&g).map_err(store_error)).await?;
+        if info.role != "source" {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_source",
+                format!("group {group:?} is not replicated from this site"),
+            ));
+        }
+        if info.last_point.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "group {group:?} already has its initial copy at the partner ({}): a seed is only for the first cycle",
+                    info.last_point.unwrap_or_default()
+                ),
+            ));
+        }
+        self.quiet(group, Duration::from_secs(60)).await?;
+        let store = self.store.clone();
+        let g = group.to_owned();
+        let start = blocking(move || {
+            store
+                .begin_cycle(&g, SnapshotKind::Crash)
+                .map_err(store_error)
+        })
+        .await?;
+        let (mut sender, readers) = self.cycle_sender(group, &start, None, None).await?;
+        let path = path.to_owned();
+        let point = start.point.name.clone();
+        let file_name = path.display().to_string();
+        let (bytes, changed) = blocking(move || {
+            use std::io::Write;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| {
+                    ApiError::bad_request(format!("cannot create {}: {e}", path.display()))
+                        .field("file")
+                })?;
+            let mut w = std::io::BufWriter::with_capacity(4 << 20, file);
+            let mut src = Readers(readers);
+            let mut out = Vec::with_capacity(1 << 20);
+            let mut bytes = 0u64;
+            let write_err =
+                |e: std::io::Error| ApiError::internal(format!("writing {}: {e}", path.display()));
+            loop {
+                out.clear();
+                match sender.next_chunk(&mut src, &mut out) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => return Err(ApiError::internal(e.to_string())),
+                }
+                w.write_all(&out).map_err(write_err)?;
+                bytes += out.len() as u64;
+            }
+            let file = w.into_inner().map_err(|e| write_err(e.into_error()))?;
+            file.sync_all().map_err(write_err)?;
+            Ok((bytes, sender.covered_bytes))
+        })
+        .await?;
+        tracing::info!(group, file = %file_name, bytes, "seed written");
+        Ok(SeedExport {
+            group: group.to_owned(),
+            file: file_name,
+            point,
+            bytes,
+            changed_bytes: changed,
+        })
+    }
+
+    /// Applies the seed file `path`, made by `partner`, to replica `group`
+    /// (created here as for a first cycle over the network).
+    pub async fn seed_import(
+        &self,
+        group: &str,
+        partner: &str,
+        path: &std::path::Path,
+    ) -> ApiResult<RecoveryPoint> {
+        let store = self.store.clone();
+        let name = partner.to_owned();
+        blocking(move || {
+            store
+                .list_partners()
+                .into_iter()
+                .find(|p| p.name == name)
+                .map(drop)
+                .ok_or_else(|| store_error(StoreError::not_found("partner", name)))
+        })
+        .await?;
+        let file = std::fs::File::open(path).map_err(|e| {
+            ApiError::bad_request(format!("cannot open {}: {e}", path.display())).field("file")
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(4);
+        let shown = path.display().to_string();
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = file;
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                match file.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        if tx.blocking_send(Ok(bytes::Bytes::from(buf))).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(format!("reading {shown}: {e}")));
+                        return;
+                    }
+                }
+            }
+        });
+        let store = self.store.clone();
+        let (g, p) = (group.to_owned(), partner.to_owned());
+        let point = blocking(move || {
+            receive(
+                &store,
+                &p,
+                &g,
+                SnapshotKind::Crash,
+                ReplicationSettings::default(),
+                rx,
+            )
+        })
+        .await;
+        let _ = reader.await;
+        let point = point?;
+        tracing::info!(group, partner, point = %point.name, "seed applied");
+        Ok(point)
     }
 }

@@ -645,6 +645,28 @@ pub fn table() -> Vec<RouteInfo> {
         .reply::<ferry_store::Demotion>(S::OK),
         route(
             M::POST,
+            "/v1/replications/{group}/seed-export",
+            "replication.seed_export",
+            P::PartnerWrite,
+            "Write a group's initial copy into a file on the daemon's machine, to carry to the replica",
+            replication::seed_export,
+        )
+        .plan(replication::plan_seed_export)
+        .body::<replication::SeedExportRequest>()
+        .reply::<crate::site::SeedExport>(S::CREATED),
+        route(
+            M::POST,
+            "/v1/replications/{group}/seed-import",
+            "replication.seed_import",
+            P::PartnerWrite,
+            "Apply a seed file (on the daemon's machine) as a replica group's first recovery point",
+            replication::seed_import,
+        )
+        .plan(replication::plan_seed_import)
+        .body::<replication::SeedImportRequest>()
+        .reply::<ferry_store::RecoveryPoint>(S::CREATED),
+        route(
+            M::POST,
             "/v1/failover/{group}/test",
             "failover.test",
             P::PartnerWrite,

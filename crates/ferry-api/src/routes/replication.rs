@@ -58,6 +58,9 @@ pub struct EnableReplication {
     #[serde(default)]
     #[schema(minimum = 1)]
     bandwidth_bytes_per_second: Option<u64>,
+    /// Start paused: no cycle until resumed (to seed the initial copy by hand).
+    #[serde(default)]
+    paused: bool,
 }
 
 /// A replication with its figures and health.
@@ -208,13 +211,18 @@ pub async fn enable(
 ) -> ApiResult<(StatusCode, Json<ReplicationStatus>)> {
     let s = settings(&req)?;
     let st2 = st.clone();
+    let paused = req.paused;
     let info = blocking(move || {
-        Ok(st2
+        let info = st2
             .store()
-            .enable_replication(&req.group, &req.partner, s)?)
+            .enable_replication(&req.group, &req.partner, s)?;
+        if paused {
+            return Ok(st2.store().set_replication_paused(&info.group, true)?);
+        }
+        Ok(info)
     })
     .await?;
-    if let Some(l) = st.site_link() {
+    if !paused && let Some(l) = st.site_link() {
         l.replicate_now(&info.group);
     }
     Ok((StatusCode::CREATED, Json(status(&st, info))))
@@ -657,6 +665,134 @@ pub async fn plan_reverse(
                 format!("{partner} keeps what it wrote to {group} after the common point as a snapshot"),
                 format!("{partner} becomes the replica of {group}; cycles send only blocks changed since that point"),
             ],
+        ))
+    })
+    .await
+}
+
+// ----- seeds -----
+
+/// A seed file on the daemon's machine.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedExportRequest {
+    /// An absolute path on the daemon's machine; the file must not exist.
+    #[schema(max_length = 4096)]
+    file: String,
+}
+
+/// A seed file to apply, and the partner that made it.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedImportRequest {
+    #[schema(pattern = "^[a-z0-9][a-z0-9._-]{0,62}$")]
+    partner: String,
+    /// An absolute path on the daemon's machine.
+    #[schema(max_length = 4096)]
+    file: String,
+}
+
+fn seed_path(file: &str) -> ApiResult<std::path::PathBuf> {
+    let p = std::path::Path::new(file);
+    if file.is_empty() || file.len() > 4096 || file.contains('\0') || !p.is_absolute() {
+        return Err(ApiError::bad_request(format!(
+            "file must be an absolute path on the daemon's machine, not {file:?}"
+        ))
+        .field("file"));
+    }
+    Ok(p.to_owned())
+}
+
+pub async fn seed_export(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<SeedExportRequest>,
+) -> ApiResult<(StatusCode, Json<crate::site::SeedExport>)> {
+    validate_name("group", &group)?;
+    let path = seed_path(&req.file)?;
+    let l = link(&st)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(l.seed_export(&group, &path).await?),
+    ))
+}
+
+pub async fn plan_seed_export(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<SeedExportRequest>,
+) -> ApiResult<Json<Plan>> {
+    let path = seed_path(&req.file)?;
+    blocking(move || {
+        let r = st.store().replication(&group)?;
+        if r.role != "source" || r.last_point.is_some() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "group {group:?} has no initial copy to seed (not a source, or copied already)"
+                ),
+            ));
+        }
+        if path.exists() {
+            return Err(ApiError::bad_request(format!("{} exists", path.display())).field("file"));
+        }
+        Ok(plan(
+            "replication.seed_export",
+            vec![format!(
+                "write the initial copy of {group} (for {}) into {}",
+                r.partner,
+                path.display()
+            )],
+        ))
+    })
+    .await
+}
+
+pub async fn seed_import(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<SeedImportRequest>,
+) -> ApiResult<(StatusCode, Json<RecoveryPoint>)> {
+    validate_name("group", &group)?;
+    validate_name("partner", &req.partner)?;
+    let path = seed_path(&req.file)?;
+    let l = link(&st)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(l.seed_import(&group, &req.partner, &path).await?),
+    ))
+}
+
+pub async fn plan_seed_import(
+    State(st): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(req): JsonBody<SeedImportRequest>,
+) -> ApiResult<Json<Plan>> {
+    validate_name("group", &group)?;
+    validate_name("partner", &req.partner)?;
+    let path = seed_path(&req.file)?;
+    blocking(move || {
+        if !st
+            .store()
+            .list_partners()
+            .iter()
+            .any(|p| p.name == req.partner)
+        {
+            return Err(ferry_store::StoreError::not_found("partner", req.partner.clone()).into());
+        }
+        if !path.is_file() {
+            return Err(
+                ApiError::bad_request(format!("{} is not a file", path.display())).field("file"),
+            );
+        }
+        Ok(plan(
+            "replication.seed_import",
+            vec![format!(
+                "apply the seed {} from {} to replica group {group} as its first recovery point",
+                path.display(),
+                req.partner
+            )],
         ))
     })
     .await

@@ -683,6 +683,24 @@ impl Store {
         cat.commit(vec![Change::PutReplication(r)])
     }
 
+    /// The cycle being received starts over from its first run: forgets
+    /// how far it got (the heads keep what it wrote; the same runs come again).
+    pub fn replica_restart(&self, c: &ReplicaCycle, cycle: u64) -> Result<()> {
+        let mut cat = self.catalog();
+        let g = self.group_rec(&cat.state, &c.group)?;
+        let mut r = Self::replication_of(&cat.state, &g).ok_or_else(|| not_replicated(&c.group))?;
+        match &mut r.partial {
+            Some(p) if p.cycle == cycle => p.resume = None,
+            _ => {
+                return Err(StoreError::Conflict(format!(
+                    "cycle {cycle} of group {} is not the one being received",
+                    c.group
+                )));
+            }
+        }
+        cat.commit(vec![Change::PutReplication(r)])
+    }
+
     /// The whole cycle arrived and verified: seals the heads into the
     /// recovery point `name` (the source's snapshot name) in the
     /// transaction that records it.
