@@ -119,6 +119,9 @@ pub struct ReplicationStats {
     pub running: bool,
     /// The cycle being sent is the initial copy.
     pub initial_copy: bool,
+    /// The cycle being sent is a resync (only regions whose digests differ).
+    #[serde(default)]
+    pub resyncing: bool,
     /// The last cycle's error, until a cycle succeeds.
     pub last_error: Option<String>,
     /// When the last cycle started and ended, nanoseconds since the Unix epoch.

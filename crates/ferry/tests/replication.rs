@@ -259,6 +259,45 @@ fn cycles_ship_only_changes_into_recovery_points_equal_to_their_snapshots() {
     a.ferry(&["replication", "disable", "vm1"]).ok();
     assert_eq!(a.json(&["snapshot", "list", "vm1"]), serde_json::json!([]));
     assert_eq!(points(&b, "vm1").len(), 3);
+
+    // enabled again: no common point, but the replica's latest point is
+    // compared region by region (1 MiB) and only what differs travels
+    let before = m["bytes_changed"].as_u64().unwrap();
+    qemu_io(&sys, &["write -P 0x66 20M 1M"]);
+    a.ferry(&[
+        "replication",
+        "enable",
+        "vm1",
+        "--partner",
+        "site-b",
+        "--interval",
+        "1h",
+    ])
+    .ok();
+    wait_for("the resync's point", || points(&b, "vm1").len() == 4);
+    wait_for("its acknowledgement", || {
+        status(&a, "vm1")["last_point"].is_string()
+    });
+    let p4 = status(&a, "vm1")["last_point"].as_str().unwrap().to_owned();
+    // B already holds a point of that name from before: it adds -2
+    let b4 = points(&b, "vm1").last().unwrap().clone();
+    assert_eq!(b4, format!("{p4}-2"));
+    for slot in ["system", "data"] {
+        let ua = export_point(&a, "vm1", &p4, slot);
+        let ub = export_point(&b, "vm1", &b4, slot);
+        let (ok, text) = run("qemu-img", &["compare", "-f", "raw", "-F", "raw", &ua, &ub]);
+        assert!(ok, "{slot} differs after the resync:\n{text}");
+    }
+    let m = a.json(&["replication", "measure", "vm1"]);
+    assert_eq!(
+        m["bytes_changed"].as_u64().unwrap() - before,
+        1 << 20,
+        "{m}"
+    );
+    assert!(
+        a.log_text().contains("resync: 1 of 96 regions differ"),
+        "no resync in the log"
+    );
 }
 
 #[test]
@@ -367,15 +406,35 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
         "1h",
     ])
     .ok();
-    let cycle = |src: &Daemon, dst: &Daemon, n: usize| {
+    // One cycle from `src` to `dst`, run now; returns the point's name at
+    // each site (they differ when `dst` already holds a snapshot of that
+    // name, from when the direction was the other way).
+    let cycle = |src: &Daemon, dst: &Daemon| {
+        let before = status(src, "vm3")["last_point_created"].as_u64();
         src.ferry(&["replication", "run", "vm3"]).ok();
-        wait_for("a recovery point", || points(dst, "vm3").len() >= n);
-        let last = points(dst, "vm3").last().unwrap().clone();
         wait_for("the acknowledgement", || {
             let s = status(src, "vm3");
-            s["last_point"] == last.as_str() && s["pending_cycle"].is_null()
+            s["pending_cycle"].is_null() && s["last_point_created"].as_u64() > before
         });
-        last
+        let s = status(src, "vm3");
+        let created = s["last_point_created"].as_u64().unwrap();
+        let at_dst = dst.json(&["recovery-point", "list", "vm3"]);
+        let dname = at_dst
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["created"].as_u64() == Some(created))
+            .unwrap_or_else(|| panic!("{at_dst} lacks the point of {s}"))["name"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        (s["last_point"].as_str().unwrap().to_owned(), dname)
+    };
+    let same_as = |src: &Daemon, sname: &str, dst: &Daemon, dname: &str| {
+        let us = export_point(src, "vm3", sname, "disk");
+        let ud = export_point(dst, "vm3", dname, "disk");
+        let (ok, text) = run("qemu-img", &["compare", "-f", "raw", "-F", "raw", &us, &ud]);
+        assert!(ok, "{sname} and {dname} differ:\n{text}");
     };
     wait_for("the initial copy", || points(&b, "vm3").len() == 1);
     wait_for("its acknowledgement", || {
@@ -393,8 +452,8 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
     let test_disk = format!("nbd://{}/vm3-test-disk", b.nbd);
     qemu_io(&test_disk, &["write -P 0x0f 0 64k"]);
     qemu_io(&a_disk, &["write -P 0x02 4M 1M"]);
-    let p2 = cycle(&a, &b, 2);
-    assert_eq!(p2, "repl-2");
+    let p2 = cycle(&a, &b);
+    assert_eq!(p2, ("repl-2".to_owned(), "repl-2".to_owned()));
     same(&a, &b, "vm3", "repl-2", "disk");
     // the test copy kept its own writes and its point's data
     qemu_io(
@@ -410,7 +469,7 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
 
     // a third point, then late writes at the primary that never replicate
     qemu_io(&a_disk, &["write -P 0x03 5M 1M"]);
-    assert_eq!(cycle(&a, &b, 3), "repl-3");
+    assert_eq!(cycle(&a, &b).1, "repl-3");
     a.ferry(&["replication", "pause", "vm3"]).ok();
     qemu_io(&a_disk, &["write -P 0x04 6M 1M"]);
 
@@ -446,8 +505,8 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
     let before = status(&b, "vm3")["stats"]["bytes_changed"]
         .as_u64()
         .unwrap_or(0);
-    let back = cycle(&b, &a, 1);
-    same(&b, &a, "vm3", &back, "disk");
+    let (bs, ad) = cycle(&b, &a);
+    same_as(&b, &bs, &a, &ad);
     let changed = status(&b, "vm3")["stats"]["bytes_changed"]
         .as_u64()
         .unwrap()
@@ -474,9 +533,8 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
     assert_eq!(status(&b, "vm3")["role"], "replica");
     qemu_io_refused(&b_disk, "write -P 0x09 0 4k");
     // and replication runs from A again
-    let n = points(&b, "vm3").len();
-    let again = cycle(&a, &b, n + 1);
-    same(&a, &b, "vm3", &again, "disk");
+    let (asn, bd) = cycle(&a, &b);
+    same_as(&a, &asn, &b, &bd);
 }
 
 #[test]

@@ -19,6 +19,9 @@
 //! POST /partner/v1/replication/{group}/demote
 //!                          mutual TLS: the new primary asks the old one
 //!                          to become its replica (a reverse)
+//! POST /partner/v1/replication/{group}/digests
+//!                          mutual TLS: blake3 per region of the replica's
+//!                          latest point (a resync)
 //! ```
 //!
 //! Invariants: the set of trusted CAs is read from the store's partner
@@ -574,6 +577,10 @@ pub fn router(app: AppState, material: &PartnerMaterial) -> Router {
         .route(
             "/partner/v1/replication/{group}/demote",
             axum::routing::post(crate::replication::replica_demote),
+        )
+        .route(
+            "/partner/v1/replication/{group}/digests",
+            axum::routing::post(crate::replication::replica_digests),
         )
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         // A cycle's stream is as long as the change it carries.

@@ -376,7 +376,14 @@ impl Replicator {
                 continue;
             };
             for r in list {
-                if r.role != "source" || r.paused || running.lock().contains(&r.group) {
+                if r.role != "source" || r.paused {
+                    continue;
+                }
+                if running.lock().contains(&r.group) {
+                    // Asked while a cycle runs: one more once it ends.
+                    if asked.contains(&r.group) {
+                        self.now.lock().push(r.group.clone());
+                    }
                     continue;
                 }
                 if !(asked.contains(&r.group) || self.due(&r)) {
@@ -429,6 +436,7 @@ impl Replicator {
         let mut f = self.figures.lock();
         let g = f.entry(r.group.clone()).or_default();
         g.stats.running = false;
+        g.stats.resyncing = false;
         g.stats.pending_bytes = 0;
         g.stats.last_finished = Some(nanos());
         let began = *g.cycle_began.get_or_insert(started);
@@ -515,16 +523,32 @@ impl Replicator {
             self.finish(&r.group, start.cycle).await?;
             return Ok((0, 0));
         }
-        let base_id = start.base.as_ref().map(|b| b.id.0);
-        if state.last_point != base_id {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "replica_diverged",
-                format!(
-                    "the replica's latest point is {:?}, not this site's base {:?}: a resync is needed",
-                    state.last_point, base_id
-                ),
-            ));
+        let mut start = start;
+        let mut base_id = start.base.as_ref().map(|b| b.id.0);
+        let changed_blocks: u64 = start.changed.values().map(|c| c.len()).sum();
+        let total_blocks: u64 = start
+            .point
+            .members
+            .values()
+            .map(|m| m.size / rs::BLOCK_SIZE as u64)
+            .sum();
+        let diverged = state.last_point.is_some() && state.last_point != base_id;
+        let too_big = base_id.is_some() && changed_blocks * 2 > total_blocks;
+        if diverged || too_big {
+            // Resync: the replica's latest point, whatever it is, is the
+            // base; only the regions whose digests differ travel.
+            let (changed, differ, regions) =
+                self.resync_plan(&r.group, &partner.name, &start).await?;
+            tracing::info!(
+                group = %r.group,
+                differ,
+                regions,
+                "resync: {differ} of {regions} regions differ from the replica's latest point"
+            );
+            start.changed = changed;
+            base_id = state.last_point;
+            let mut f = self.figures.lock();
+            f.entry(r.group.clone()).or_default().stats.resyncing = true;
         }
         let resume = state
             .partial
@@ -1153,5 +1177,180 @@ impl Replicator {
         let point = point?;
         tracing::info!(group, partner, point = %point.name, "seed applied");
         Ok(point)
+    }
+}
+
+// ----- resync by region digests -----
+
+/// What `POST /partner/v1/replication/{group}/digests` asks.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DigestsBody {
+    /// Blocks per region.
+    pub region_blocks: u32,
+}
+
+/// The replica's digests of its latest recovery point, per slot: blake3 of
+/// each region, hex.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct DigestsReply {
+    /// The point's snapshot id at the source.
+    pub point: Option<u64>,
+    pub slots: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// Blocks per region for a volume of `blocks` blocks: 1 MiB, or more so
+/// that no volume has over 65,536 regions.
+fn region_blocks(blocks: u64) -> u32 {
+    let mut r: u64 = 256;
+    while blocks.div_ceil(r) > 65_536 {
+        r *= 2;
+    }
+    r as u32
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// blake3 of every `region`-block region of a snapshot's volume.
+fn region_digests(reader: &SnapshotReader, region: u32) -> Result<Vec<String>, StoreError> {
+    let size = reader.size();
+    let step = u64::from(region) * rs::BLOCK_SIZE as u64;
+    let mut buf = vec![0u8; step as usize];
+    let mut out = Vec::with_capacity(size.div_ceil(step) as usize);
+    let mut at = 0;
+    while at < size {
+        let n = step.min(size - at) as usize;
+        reader.read(&mut buf[..n], at)?;
+        out.push(hex(blake3::hash(&buf[..n]).as_bytes()));
+        at += n as u64;
+    }
+    Ok(out)
+}
+
+pub(crate) async fn replica_digests(
+    State(st): State<PartnerState>,
+    peer: Option<Extension<PeerCertificates>>,
+    Path(group): Path<String>,
+    body: Result<Json<DigestsBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let partner = match caller(&st, peer) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let region = match body {
+        Ok(Json(b)) if b.region_blocks >= 1 && b.region_blocks.is_power_of_two() => b.region_blocks,
+        _ => {
+            return ApiError::bad_request("region_blocks must be a power of two").into_response();
+        }
+    };
+    let store = st.app.store().clone();
+    let done = blocking(move || {
+        let r = store.replication(&group).map_err(store_error)?;
+        if r.role != "replica" || r.partner != partner {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not_a_replica",
+                format!("group {group:?} is not a replica of {partner:?} here"),
+            ));
+        }
+        let Some(last) = r.last_point else {
+            return Ok(DigestsReply::default());
+        };
+        let info = store
+            .snapshot(Target::Group(&group), &last)
+            .map_err(store_error)?;
+        let mut slots = std::collections::BTreeMap::new();
+        for slot in info.members.keys() {
+            let reader = store
+                .open_snapshot(Target::Group(&group), &last, Some(slot))
+                .map_err(store_error)?;
+            slots.insert(
+                slot.clone(),
+                region_digests(&reader, region).map_err(store_error)?,
+            );
+        }
+        let source = store
+            .recovery_points(&group)
+            .map_err(store_error)?
+            .into_iter()
+            .find(|p| p.name == last)
+            .map(|p| p.source_id);
+        Ok(DigestsReply {
+            point: source,
+            slots,
+        })
+    })
+    .await;
+    match done {
+        Ok(d) => Json(d).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+impl Replicator {
+    /// The blocks a resync sends: per slot, every block of the regions
+    /// whose digests differ from the replica's latest point (all of a slot
+    /// it lacks). Returns them, the differing regions and all regions.
+    async fn resync_plan(
+        &self,
+        group: &str,
+        partner: &str,
+        start: &ferry_store::CycleStart,
+    ) -> ApiResult<(
+        std::collections::BTreeMap<String, ferry_store::RoaringBitmap>,
+        u64,
+        u64,
+    )> {
+        let max_blocks = start
+            .point
+            .members
+            .values()
+            .map(|m| m.size / rs::BLOCK_SIZE as u64)
+            .max()
+            .unwrap_or(0);
+        let region = region_blocks(max_blocks);
+        let theirs: DigestsReply = self
+            .partner_post(
+                partner,
+                format!("/partner/v1/replication/{group}/digests"),
+                serde_json::json!({ "region_blocks": region }),
+            )
+            .await?;
+        let store = self.store.clone();
+        let g = group.to_owned();
+        let name = start.point.name.clone();
+        let members: Vec<(String, u64)> = start
+            .point
+            .members
+            .iter()
+            .map(|(s, m)| (s.clone(), m.size))
+            .collect();
+        blocking(move || {
+            let mut out = std::collections::BTreeMap::new();
+            let (mut differ, mut regions) = (0u64, 0u64);
+            for (slot, size) in members {
+                let reader = store
+                    .open_snapshot(Target::Group(&g), &name, Some(&slot))
+                    .map_err(store_error)?;
+                let ours = region_digests(&reader, region).map_err(store_error)?;
+                let other = theirs.slots.get(&slot);
+                let blocks = size / rs::BLOCK_SIZE as u64;
+                let mut set = ferry_store::RoaringBitmap::new();
+                for (i, d) in ours.iter().enumerate() {
+                    regions += 1;
+                    if other.and_then(|o| o.get(i)) != Some(d) {
+                        differ += 1;
+                        let first = i as u64 * u64::from(region);
+                        let end = (first + u64::from(region)).min(blocks);
+                        set.insert_range(first as u32..end as u32);
+                    }
+                }
+                out.insert(slot, set);
+            }
+            Ok((out, differ, regions))
+        })
+        .await
     }
 }

@@ -152,6 +152,7 @@ fn status(st: &AppState, info: ReplicationInfo) -> ReplicationStatus {
         "paused".into()
     } else {
         match &stats {
+            Some(s) if s.running && s.resyncing => "resyncing".into(),
             Some(s) if s.running && s.initial_copy => "initial copy".into(),
             Some(s) if s.running => "replicating".into(),
             Some(s) if s.last_error.is_some() => "failing".into(),
