@@ -1246,7 +1246,12 @@ impl Store {
                     Layer::remove_files(&self.inner.storage, id).map_err(io_err("removing", id))?;
                 }
                 GcStep::Merge { from, into } => {
-                    if !self.merge(from, into, progress)? {
+                    let done = if self.absorbs(from, into)? {
+                        self.absorb(from, into, progress)?
+                    } else {
+                        self.merge(from, into, progress)?
+                    };
+                    if !done {
                         return Ok(GcOutcome::Cancelled);
                     }
                 }
@@ -1259,11 +1264,130 @@ impl Store {
         let mut left = 0;
         for (from, into) in gc_merges(state) {
             let (src, dst) = (self.layer(from)?, self.layer(into)?);
-            left += src.with_map(|s| {
-                dst.with_map(|d| s.present.len() - s.present.intersection_len(&d.present))
-            });
+            left += if self.absorbs(from, into)? {
+                dst.with_map(|d| d.present.len())
+            } else {
+                src.with_map(|s| {
+                    dst.with_map(|d| s.present.len() - s.present.intersection_len(&d.present))
+                })
+            };
         }
         Ok(left)
+    }
+
+    /// Whether the merge of `from` into its only child `into` goes the
+    /// other way: the child's blocks into `from`, which then takes the
+    /// child's place. Only for a sealed child (no volume's head: nothing
+    /// writes it) that holds fewer blocks than `from` — a snapshot taken
+    /// after a large one, as replication's points are — so the copy costs
+    /// the small side.
+    fn absorbs(&self, from: LayerId, into: LayerId) -> Result<bool> {
+        let head = self
+            .inner
+            .volumes
+            .read()
+            .values()
+            .any(|v| v.state.read().head().id == into);
+        if head {
+            return Ok(false);
+        }
+        let (src, dst) = (self.layer(from)?, self.layer(into)?);
+        Ok(dst.with_map(|d| d.present.len()) < src.with_map(|s| s.present.len()))
+    }
+
+    /// Copies every block of the sealed layer `child` into its parent
+    /// `parent` (nothing else reads `parent`: its snapshot was deleted and
+    /// `child` hides those blocks from every chain through it), then
+    /// `parent` takes `child`'s place in one catalog transaction. A crash
+    /// before it changes nothing seen; the next collection starts over.
+    /// Returns false when `progress` was cancelled at a chunk boundary.
+    fn absorb(&self, parent: LayerId, child: LayerId, progress: &Progress) -> Result<bool> {
+        let (dst, src) = (self.layer(parent)?, self.layer(child)?);
+        let todo = src.with_map(|m| m.present.clone());
+        let mut buf = vec![0u8; MERGE_CHUNK * BLOCK];
+        let mut iter = todo.iter().peekable();
+        while iter.peek().is_some() {
+            if progress.checkpoint() {
+                dst.persist().map_err(io_err("merging into", parent))?;
+                return Ok(false);
+            }
+            let chunk: Vec<u32> = iter.by_ref().take(MERGE_CHUNK).collect();
+            let mut i = 0;
+            while i < chunk.len() {
+                let b = chunk[i];
+                let kind = src.state(b);
+                let mut j = i + 1;
+                while j < chunk.len() && chunk[j] == chunk[j - 1] + 1 && src.state(chunk[j]) == kind
+                {
+                    j += 1;
+                }
+                let len = (j - i) as u32;
+                match kind {
+                    BlockState::Zero => dst.zero_blocks(b, len),
+                    BlockState::Absent => {}
+                    BlockState::Data => {
+                        let n = (j - i) * BLOCK;
+                        src.read(&mut buf[..n], u64::from(b) * BLOCK_SIZE)
+                            .map_err(io_err("merging", child))?;
+                        dst.write_blocks(b, &buf[..n])
+                            .map_err(io_err("merging into", parent))?;
+                    }
+                }
+                i = j;
+            }
+            progress.add_done(chunk.len() as u64);
+        }
+        dst.persist().map_err(io_err("merging into", parent))?;
+        dst.release_reserve()
+            .map_err(io_err("merging into", parent))?;
+        {
+            let mut cat = self.catalog();
+            let still = cat
+                .state
+                .layers
+                .get(&child)
+                .is_some_and(|l| l.parent == Some(parent));
+            let head = cat.state.volumes.values().any(|v| v.head == child);
+            if !still || head {
+                return Err(StoreError::Corrupt {
+                    what: format!("merge of {child} into {parent}"),
+                    detail: "the child changed during the merge".into(),
+                });
+            }
+            let mut changes: Vec<Change> = cat
+                .state
+                .layers
+                .values()
+                .filter(|l| l.parent == Some(child))
+                .map(|l| {
+                    Change::PutLayer(LayerRec {
+                        id: l.id,
+                        parent: Some(parent),
+                    })
+                })
+                .collect();
+            for snap in cat.state.snapshots.values() {
+                if snap.members.values().any(|m| m.layer == child) {
+                    let mut s2 = snap.clone();
+                    for m in s2.members.values_mut() {
+                        if m.layer == child {
+                            m.layer = parent;
+                        }
+                    }
+                    changes.push(Change::PutSnapshot(s2));
+                }
+            }
+            changes.push(Change::DelLayer(child));
+            cat.commit(changes)?;
+            let volumes: Vec<_> = self.inner.volumes.read().values().cloned().collect();
+            for v in volumes {
+                v.state.write().remove_layer(child);
+            }
+        }
+        self.inner.layers.write().remove(&child);
+        Layer::remove_files(&self.inner.storage, child).map_err(io_err("removing", child))?;
+        dst.compact().map_err(io_err("compacting", parent))?;
+        Ok(true)
     }
 
     /// Merges layer `from` into its only child `into`: copies every block of

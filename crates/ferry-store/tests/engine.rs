@@ -484,3 +484,70 @@ fn a_format_1_store_opens_reads_and_moves_on() {
     assert_eq!(read(&store, "v", 0, MIB as usize), want);
     assert_eq!(snapshot_bytes(&store, "g", "t", MIB as usize), want);
 }
+
+/// Deleting a large snapshot whose only child is a small sealed snapshot
+/// (replication's points) copies the small side: the child's blocks go
+/// into the parent, which takes the child's place; every block reads as
+/// before, across a reopen.
+#[test]
+fn deleting_a_large_snapshot_before_a_small_one_copies_only_the_small_one() {
+    const BLOCKS: usize = 2048;
+    let (storage, store) = mem_store();
+    store.create_volume("v", (BLOCKS * 4096) as u64).unwrap();
+    store.create_group("g", &[("data", "v")]).unwrap();
+    let v = store.volume("v").unwrap();
+    let len = BLOCKS * 4096;
+    let s0 = pattern(1, len);
+    v.write(&s0, 0, false).unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s0", SnapshotKind::Crash)
+        .unwrap();
+    // s1: 100 blocks rewritten and 20 trimmed
+    let mut s1 = s0.clone();
+    s1[500 * 4096..600 * 4096].copy_from_slice(&pattern(2, 100 * 4096));
+    v.write(&s1[500 * 4096..600 * 4096], 500 * 4096, false)
+        .unwrap();
+    v.write_zeroes(700 * 4096, 20 * 4096, false).unwrap();
+    s1[700 * 4096..720 * 4096].fill(0);
+    store
+        .create_snapshot(Target::Group("g"), "s1", SnapshotKind::Crash)
+        .unwrap();
+    // a clone of s1 and live writes on top
+    store
+        .clone_volume(Target::Group("g"), "s1", Some("data"), "c")
+        .unwrap();
+    let mut live = s1.clone();
+    live[0..4096].copy_from_slice(&pattern(3, 4096));
+    v.write(&live[0..4096], 0, false).unwrap();
+    v.flush().unwrap();
+    assert_eq!(layer_count(&storage), 4);
+
+    store
+        .delete_snapshot_record(Target::Group("g"), "s0")
+        .unwrap();
+    let progress = Progress::new();
+    assert_eq!(
+        store.collect_garbage_with(&progress).unwrap(),
+        GcOutcome::Finished
+    );
+    assert_eq!(progress.done(), 120, "only s1's blocks are copied");
+    assert_eq!(layer_count(&storage), 3);
+    assert_eq!(read(&store, "v", 0, len), live);
+    assert_eq!(read(&store, "c", 0, len), s1);
+    assert_eq!(snapshot_bytes(&store, "g", "s1", len), s1);
+    drop(v);
+    drop(store);
+    let store = Store::open_storage(storage.clone()).unwrap();
+    let got = read(&store, "v", 0, len);
+    let bad: Vec<usize> = (0..BLOCKS)
+        .filter(|b| got[b * 4096..(b + 1) * 4096] != live[b * 4096..(b + 1) * 4096])
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "blocks differ after reopen: {:?}..",
+        &bad[..bad.len().min(10)]
+    );
+    assert_eq!(read(&store, "c", 0, len), s1);
+    assert_eq!(snapshot_bytes(&store, "g", "s1", len), s1);
+    assert_eq!(layer_count(&storage), 3);
+}
