@@ -39,6 +39,10 @@ pub enum ReplicationCmd {
         /// Start paused (to carry the initial copy by hand: `seed export`)
         #[arg(long)]
         paused: bool,
+        /// Start the initial copy no earlier than TIME: 2026-12-01T02:00:00Z,
+        /// 02:00 (the next 02:00 UTC) or +2h
+        #[arg(long, value_name = "TIME")]
+        start_at: Option<String>,
     },
     /// The initial copy as a file carried by hand
     #[command(subcommand)]
@@ -150,6 +154,65 @@ pub(crate) fn parse_rate(s: &str) -> Result<u64> {
     Ok(v as u64)
 }
 
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Seconds since the Unix epoch of `--start-at`: `YYYY-MM-DDTHH:MM[:SS]Z`,
+/// `HH:MM` (its next occurrence, UTC) or `+DURATION` (from `now`).
+pub(crate) fn parse_start_at(s: &str, now: u64) -> Result<u64> {
+    let bad = || {
+        anyhow::anyhow!(
+            "--start-at {s:?} is not a time: use 2026-12-01T02:00:00Z, 02:00 (UTC) or +2h"
+        )
+    };
+    let num = |t: &str| t.parse::<u32>().map_err(|_| bad());
+    if let Some(rel) = s.strip_prefix('+') {
+        return Ok(now + parse_secs("--start-at", rel)?);
+    }
+    let hm = |t: &str| -> Result<u64> {
+        let parts: Vec<&str> = t.split(':').collect();
+        let (h, m, sec) = match parts.as_slice() {
+            [h, m] => (num(h)?, num(m)?, 0),
+            [h, m, sec] => (num(h)?, num(m)?, num(sec)?),
+            _ => return Err(bad()),
+        };
+        if h > 23 || m > 59 || sec > 59 {
+            return Err(bad());
+        }
+        Ok(u64::from(h) * 3600 + u64::from(m) * 60 + u64::from(sec))
+    };
+    if let Some((date, time)) = s.split_once('T') {
+        let time = time.strip_suffix('Z').ok_or_else(|| {
+            anyhow::anyhow!("--start-at {s:?}: give the time in UTC, ending in Z")
+        })?;
+        let d: Vec<&str> = date.split('-').collect();
+        let [y, mo, da] = d.as_slice() else {
+            return Err(bad());
+        };
+        let (y, mo, da) = (num(y)?, num(mo)?, num(da)?);
+        if !(1970..=9999).contains(&y) || !(1..=12).contains(&mo) || !(1..=31).contains(&da) {
+            return Err(bad());
+        }
+        let days = days_from_civil(i64::from(y), mo, da);
+        return Ok(days as u64 * 86_400 + hm(time)?);
+    }
+    let t = hm(s)?;
+    let today = now - now % 86_400;
+    Ok(if today + t > now {
+        today + t
+    } else {
+        today + 86_400 + t
+    })
+}
+
 fn flat(v: &Value) -> Value {
     let mut o = Map::new();
     for k in ["group", "role", "partner", "state", "health", "last_point"] {
@@ -203,6 +266,7 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
             compression,
             bandwidth,
             paused,
+            start_at,
         } => {
             let interval = parse_secs("--interval", &interval)?;
             if interval == 0 {
@@ -230,6 +294,15 @@ pub async fn run(client: &Client, out: Format, cmd: ReplicationCmd) -> Result<()
             }
             if paused {
                 body.insert("paused".into(), json!(true));
+            }
+            if let Some(t) = start_at {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs();
+                body.insert(
+                    "start_at_unix_seconds".into(),
+                    json!(parse_start_at(&t, now)?),
+                );
             }
             let v = client
                 .post("/v1/replications", &Value::Object(body))
@@ -466,6 +539,31 @@ pub async fn run_points(client: &Client, out: Format, cmd: RecoveryPointCmd) -> 
 #[cfg(test)]
 mod tests {
     use super::parse_rate;
+
+    #[test]
+    fn start_at() {
+        use super::parse_start_at;
+        // 2026-11-30T10:00:00Z
+        let now = 1_796_032_800;
+        assert_eq!(parse_start_at("2026-11-30T10:00:00Z", 0).unwrap(), now);
+        assert_eq!(
+            parse_start_at("2026-12-01T02:00Z", 0).unwrap(),
+            now + 16 * 3600
+        );
+        assert_eq!(parse_start_at("+2h", now).unwrap(), now + 7200);
+        assert_eq!(parse_start_at("11:30", now).unwrap(), now + 5400);
+        assert_eq!(parse_start_at("09:00", now).unwrap(), now + 23 * 3600);
+        for bad in [
+            "",
+            "25:00",
+            "2026-13-01T00:00Z",
+            "2026-12-01T02:00",
+            "tomorrow",
+            "+-1h",
+        ] {
+            assert!(parse_start_at(bad, now).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn rates() {

@@ -651,4 +651,37 @@ fn a_seed_file_carries_the_initial_copy_and_the_network_sends_only_what_follows(
     });
     same(&a, &b, "vm4", "repl-2", "disk");
     assert_eq!(status(&a, "vm4")["stats"]["bytes_changed"], 1 << 20);
+
+    // an initial copy scheduled for later waits, even when asked to run
+    a.ferry(&["volume", "create", "vm5-disk", "--size", "4M"])
+        .ok();
+    a.ferry(&["group", "create", "vm5", "--slot", "disk=vm5-disk"])
+        .ok();
+    refused(
+        &a,
+        &[
+            "replication",
+            "enable",
+            "vm5",
+            "--partner",
+            "site-b",
+            "--start-at",
+            "25:00",
+        ],
+        "--start-at",
+    );
+    a.ferry(&[
+        "replication",
+        "enable",
+        "vm5",
+        "--partner",
+        "site-b",
+        "--start-at",
+        "+1h",
+    ])
+    .ok();
+    a.ferry(&["replication", "run", "vm5"]).ok();
+    let s5 = status(&a, "vm5");
+    assert_eq!(s5["state"], "scheduled", "{s5}");
+    assert!(s5["settings"]["start_at"].as_u64().is_some(), "{s5}");
 }

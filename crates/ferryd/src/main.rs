@@ -38,8 +38,10 @@ use std::time::Duration;
 
 /// How long a stop waits for running jobs to reach a safe point.
 const JOB_STOP_PATIENCE: Duration = Duration::from_secs(10);
-/// Replication cycles (initial copies included) sent at once.
-const REPLICATION_PARALLEL: usize = 2;
+/// Replication cycles sent at once.
+const REPLICATION_PARALLEL: usize = 4;
+/// Of which initial copies.
+const REPLICATION_INITIAL: usize = 2;
 
 /// The ferry daemon.
 #[derive(Parser, Debug)]
@@ -306,7 +308,7 @@ async fn run(
             state.set_site_link(link.clone());
             let replicator = replication::Replicator::new(store.clone(), link.clone());
             link.set_replicator(&replicator);
-            tokio::spawn(replicator.run(REPLICATION_PARALLEL));
+            tokio::spawn(replicator.run(REPLICATION_PARALLEL, REPLICATION_INITIAL));
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(partner::server_config(&material, &store)?);
             Some((

@@ -361,9 +361,13 @@ impl Replicator {
     }
 
     /// Runs due cycles until the process ends; at most `parallel` at once.
-    pub async fn run(self: Arc<Self>, parallel: usize) {
+    /// Runs due cycles until the process ends: at most `parallel` at once,
+    /// of which at most `initial` initial copies (or resyncs of a group
+    /// with no point yet).
+    pub async fn run(self: Arc<Self>, parallel: usize, initial: usize) {
         let running: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+        let initial_slots = Arc::new(tokio::sync::Semaphore::new(initial.max(1)));
         loop {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -386,14 +390,22 @@ impl Replicator {
                     }
                     continue;
                 }
-                if !(asked.contains(&r.group) || self.due(&r)) {
+                let not_yet =
+                    r.last_point.is_none() && r.settings.start_at.is_some_and(|t| nanos() < t);
+                if not_yet || !(asked.contains(&r.group) || self.due(&r)) {
                     continue;
                 }
                 running.lock().insert(r.group.clone());
                 let me = self.clone();
                 let running = running.clone();
                 let slots = slots.clone();
+                let initial_slots = initial_slots.clone();
                 tokio::spawn(async move {
+                    let _first = if r.last_point.is_none() {
+                        initial_slots.acquire_owned().await.ok()
+                    } else {
+                        None
+                    };
                     let _permit = slots.acquire_owned().await;
                     me.cycle(&r).await;
                     running.lock().remove(&r.group);

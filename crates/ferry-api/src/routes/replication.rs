@@ -61,6 +61,9 @@ pub struct EnableReplication {
     /// Start paused: no cycle until resumed (to seed the initial copy by hand).
     #[serde(default)]
     paused: bool,
+    /// The initial copy starts no earlier: seconds since the Unix epoch.
+    #[serde(default)]
+    start_at_unix_seconds: Option<u64>,
 }
 
 /// A replication with its figures and health.
@@ -120,7 +123,18 @@ fn settings(req: &EnableReplication) -> ApiResult<ReplicationSettings> {
     if keep_last > 1000 {
         return Err(ApiError::bad_request("keep_last must be at most 1000").field("keep_last"));
     }
+    let start_at = match req.start_at_unix_seconds {
+        None => None,
+        Some(t) if t <= 253_402_300_799 => Some(t * 1_000_000_000),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "start_at_unix_seconds must be before the year 10000",
+            )
+            .field("start_at_unix_seconds"));
+        }
+    };
     Ok(ReplicationSettings {
+        start_at,
         interval_secs,
         keep_hourly,
         keep_last,
@@ -154,6 +168,11 @@ fn status(st: &AppState, info: ReplicationInfo) -> ReplicationStatus {
         match &stats {
             Some(s) if s.running && s.resyncing => "resyncing".into(),
             Some(s) if s.running && s.initial_copy => "initial copy".into(),
+            _ if info.last_point.is_none()
+                && info.settings.start_at.is_some_and(|t| t > now_nanos()) =>
+            {
+                "scheduled".into()
+            }
             Some(s) if s.running => "replicating".into(),
             Some(s) if s.last_error.is_some() => "failing".into(),
             _ if info.last_point.is_none() => "initial copy".into(),

@@ -51,6 +51,9 @@ pub struct ReplicationSettings {
     pub compression: bool,
     /// Bytes per second at most (none: no cap).
     pub bandwidth: Option<u64>,
+    /// The initial copy starts no earlier (nanoseconds since the Unix epoch).
+    #[serde(default)]
+    pub start_at: Option<u64>,
 }
 
 fn default_keep_last() -> u32 {
@@ -66,6 +69,7 @@ impl Default for ReplicationSettings {
             app_every: 0,
             compression: true,
             bandwidth: None,
+            start_at: None,
         }
     }
 }
