@@ -126,6 +126,9 @@ pub(crate) struct PartnerRec {
     /// Its partner listener, `HOST:PORT`.
     pub address: String,
     pub paired: u64,
+    /// Bytes per second at most, for all replication to it together.
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
 }
 
 /// A pairing token this site handed out: only the hash of its secret.

@@ -48,6 +48,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("partner show", "partner.get"),
     ("partner hello", "partner.hello"),
     ("partner unpair", "partner.unpair"),
+    ("partner limit", "partner.set_limits"),
     ("replication enable", "replication.enable"),
     ("replication status", "replication.list"),
     ("replication measure", "replication.get"),

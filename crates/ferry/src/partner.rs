@@ -47,6 +47,13 @@ pub enum PartnerCmd {
     Hello { name: String },
     /// Unpair a partner: its connections are refused from the next handshake
     Unpair { name: String },
+    /// Cap the bandwidth of all replication to a partner
+    Limit {
+        name: String,
+        /// 10mbit, 20MB (per second), 500k, bytes, or off
+        #[arg(long)]
+        bandwidth: String,
+    },
 }
 
 const SITE_FIELDS: [&str; 3] = ["name", "ca_fingerprint", "partner_address"];
@@ -132,6 +139,19 @@ pub async fn run(client: &Client, out: Format, cmd: PartnerCmd) -> Result<()> {
                 .get(&format!("/v1/partners/{}/hello", seg(&name)?))
                 .await?;
             print_object(out, &v, &["partner", "site"]);
+        }
+        PartnerCmd::Limit { name, bandwidth } => {
+            let cap = match bandwidth.as_str() {
+                "off" => Value::Null,
+                b => json!(crate::replication::parse_rate(b)?),
+            };
+            let v = client
+                .put(
+                    &format!("/v1/partners/{}/limits", seg(&name)?),
+                    &json!({ "bandwidth_bytes_per_second": cap }),
+                )
+                .await?;
+            print_object(out, &v, &["name", "address", "bandwidth"]);
         }
         PartnerCmd::Unpair { name } => {
             client

@@ -316,7 +316,15 @@ fn a_cycle_cut_by_killing_the_replica_resumes_where_it_stopped() {
         .ok();
     let disk = format!("nbd://{}/vm2-disk", a.nbd);
     qemu_io(&disk, &["write -P 0x61 0 24M", "write -P 0x62 24M 24M"]);
-    // 48 MiB at 4 MB/s, uncompressed: about 12 s on the wire
+    // 48 MiB at 4 MB/s (the partner's cap; the group's own is higher),
+    // uncompressed: about 12 s on the wire
+    refused(
+        &a,
+        &["partner", "limit", "site-b", "--bandwidth=-1"],
+        "--bandwidth",
+    );
+    let lim = a.json(&["partner", "limit", "site-b", "--bandwidth", "4MB"]);
+    assert_eq!(lim["bandwidth"], 4_000_000, "{lim}");
     a.ferry(&[
         "replication",
         "enable",
@@ -328,7 +336,7 @@ fn a_cycle_cut_by_killing_the_replica_resumes_where_it_stopped() {
         "--compression",
         "off",
         "--bandwidth",
-        "4MB",
+        "40MB",
     ])
     .ok();
     let sent = |d: &Daemon| {

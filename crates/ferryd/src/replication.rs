@@ -307,6 +307,24 @@ struct GroupFigures {
     live: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
+/// A bandwidth cap shared by every cycle to one partner: each chunk waits
+/// for its turn on a virtual wire of the cap's rate.
+struct Pacer {
+    state: Mutex<(u64, Instant)>,
+}
+
+impl Pacer {
+    /// How long to wait before sending `bytes`.
+    fn wait(&self, bytes: u64) -> Duration {
+        let mut st = self.state.lock();
+        let (rate, free) = *st;
+        let now = Instant::now();
+        let start = free.max(now);
+        st.1 = start + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+        start - now
+    }
+}
+
 /// The sender: one task that starts due cycles, and the figures they leave.
 pub struct Replicator {
     store: Store,
@@ -314,6 +332,7 @@ pub struct Replicator {
     figures: Mutex<HashMap<String, GroupFigures>>,
     wake: tokio::sync::Notify,
     now: Mutex<Vec<String>>,
+    pacers: Mutex<HashMap<String, Arc<Pacer>>>,
 }
 
 impl std::fmt::Debug for Replicator {
@@ -336,6 +355,7 @@ impl Replicator {
             figures: Mutex::new(HashMap::new()),
             wake: tokio::sync::Notify::new(),
             now: Mutex::new(Vec::new()),
+            pacers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -353,6 +373,22 @@ impl Replicator {
             out.bytes_sent += live.load(std::sync::atomic::Ordering::Relaxed);
         }
         Some(out)
+    }
+
+    /// The pacer of partner `p`'s cap (none when it has no cap).
+    fn partner_pacer(&self, p: &ferry_store::PartnerInfo) -> Option<Arc<Pacer>> {
+        let mut all = self.pacers.lock();
+        let Some(rate) = p.bandwidth else {
+            all.remove(&p.name);
+            return None;
+        };
+        let pacer = all.entry(p.name.clone()).or_insert_with(|| {
+            Arc::new(Pacer {
+                state: Mutex::new((rate, Instant::now())),
+            })
+        });
+        pacer.state.lock().0 = rate;
+        Some(pacer.clone())
     }
 
     pub fn trigger(&self, group: &str) {
@@ -586,6 +622,7 @@ impl Replicator {
         }
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(4);
         let rate = start.settings.bandwidth;
+        let pacer = self.partner_pacer(&partner);
         let wire = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let wire2 = wire.clone();
         self.figures.lock().entry(r.group.clone()).or_default().live = Some(wire.clone());
@@ -605,6 +642,9 @@ impl Replicator {
                 }
                 sent += out.len() as u64;
                 wire2.fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if let Some(p) = &pacer {
+                    std::thread::sleep(p.wait(out.len() as u64));
+                }
                 if let Some(rate) = rate.filter(|r| *r > 0) {
                     // Pace: never ahead of `rate` since the cycle began.
                     let due = Duration::from_secs_f64(sent as f64 / rate as f64);

@@ -555,6 +555,17 @@ pub fn table() -> Vec<RouteInfo> {
         )
         .reply::<crate::site::PartnerHello>(S::OK),
         route(
+            M::PUT,
+            "/v1/partners/{name}/limits",
+            "partner.set_limits",
+            P::PartnerWrite,
+            "Cap the bandwidth of all replication to a partner (or remove the cap)",
+            partners::set_limits,
+        )
+        .plan(partners::plan_set_limits)
+        .body::<partners::PartnerLimits>()
+        .reply::<ferry_store::PartnerInfo>(S::OK),
+        route(
             M::DELETE,
             "/v1/partners/{name}",
             "partner.unpair",

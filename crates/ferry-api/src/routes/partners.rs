@@ -384,3 +384,60 @@ pub async fn plan_unpair(
     })
     .await
 }
+
+/// A bandwidth cap for all replication to a partner.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerLimits {
+    /// Bytes per second at most; null removes the cap.
+    #[schema(minimum = 1)]
+    bandwidth_bytes_per_second: Option<u64>,
+}
+
+fn check_limits(req: &PartnerLimits) -> ApiResult<()> {
+    if req.bandwidth_bytes_per_second == Some(0) {
+        return Err(
+            ApiError::bad_request("bandwidth_bytes_per_second must be at least 1")
+                .field("bandwidth_bytes_per_second"),
+        );
+    }
+    Ok(())
+}
+
+pub async fn set_limits(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<PartnerLimits>,
+) -> ApiResult<Json<PartnerInfo>> {
+    check_limits(&req)?;
+    blocking(move || {
+        Ok(Json(st.store().set_partner_bandwidth(
+            &name,
+            req.bandwidth_bytes_per_second,
+        )?))
+    })
+    .await
+}
+
+pub async fn plan_set_limits(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<PartnerLimits>,
+) -> ApiResult<Json<Plan>> {
+    check_limits(&req)?;
+    blocking(move || {
+        let p = st.store().partner(&name)?;
+        Ok(plan(
+            "partner.set_limits",
+            vec![match req.bandwidth_bytes_per_second {
+                Some(b) => format!(
+                    "cap all replication to {name} at {b} bytes/s (was {})",
+                    p.bandwidth
+                        .map_or("no cap".into(), |x| format!("{x} bytes/s"))
+                ),
+                None => format!("remove the bandwidth cap of {name}"),
+            }],
+        ))
+    })
+    .await
+}

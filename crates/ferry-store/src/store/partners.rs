@@ -42,6 +42,9 @@ pub struct PartnerInfo {
     pub ca_pem: String,
     /// Pairing time, nanoseconds since the Unix epoch.
     pub paired: u64,
+    /// Bytes per second at most for all replication to it (none: no cap).
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
 }
 
 /// A site to record as a partner.
@@ -60,6 +63,7 @@ fn info(r: &PartnerRec) -> PartnerInfo {
         ca_fingerprint: r.ca_fingerprint.clone(),
         ca_pem: r.ca_pem.clone(),
         paired: r.paired,
+        bandwidth: r.bandwidth,
     }
 }
 
@@ -242,6 +246,7 @@ impl Store {
             ca_fingerprint: p.ca_fingerprint.to_owned(),
             address: p.address.to_owned(),
             paired,
+            bandwidth: None,
         }
     }
 
@@ -262,6 +267,26 @@ impl Store {
             .find(|p| p.name == name)
             .map(info)
             .ok_or_else(|| StoreError::not_found("partner", name))
+    }
+
+    /// Caps (or uncaps) the bandwidth of all replication to a partner.
+    pub fn set_partner_bandwidth(&self, name: &str, bandwidth: Option<u64>) -> Result<PartnerInfo> {
+        if bandwidth == Some(0) {
+            return Err(StoreError::Invalid(
+                "a bandwidth cap must be at least 1 byte per second",
+            ));
+        }
+        let mut cat = self.catalog();
+        let mut r = cat
+            .state
+            .partners
+            .values()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("partner", name))?;
+        r.bandwidth = bandwidth;
+        cat.commit(vec![Change::PutPartner(r.clone())])?;
+        Ok(info(&r))
     }
 
     /// Forgets a partner.
