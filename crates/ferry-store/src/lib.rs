@@ -39,8 +39,8 @@ pub use roaring::RoaringBitmap;
 pub use store::{
     CycleStart, DiffEnd, ExportDisk, ExportInfo, ExportKind, ExportSpec, GcOutcome, GroupInfo,
     MemberInfo, NewPartner, PairingRefusal, PartialCycle, PartnerInfo, RecoveryPoint, ReplicaCycle,
-    ReplicationInfo, ReplicationSettings, SnapshotInfo, SpaceInfo, Store, SyncReport, Target,
-    VolumeInfo,
+    ReplicaStart, ReplicationInfo, ReplicationSettings, SnapshotInfo, SpaceInfo, Store, SyncReport,
+    Target, VolumeInfo,
 };
 pub use types::{
     BLOCK_SIZE, ExportId, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId,

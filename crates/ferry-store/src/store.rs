@@ -33,7 +33,8 @@ mod replication;
 pub use exports::{ExportDisk, ExportInfo, ExportKind, ExportSpec};
 pub use partners::{NewPartner, PairingRefusal, PartnerInfo};
 pub use replication::{
-    CycleStart, PartialCycle, RecoveryPoint, ReplicaCycle, ReplicationInfo, ReplicationSettings,
+    CycleStart, PartialCycle, RecoveryPoint, ReplicaCycle, ReplicaStart, ReplicationInfo,
+    ReplicationSettings,
 };
 
 /// Blocks a merge copies under one hold of the write barrier.

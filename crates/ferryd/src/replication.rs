@@ -18,7 +18,8 @@
 //! pending snapshot stays until acknowledged, the replica records how far it
 //! durably got (after flushing) and a resumed stream starts there. If the
 //! acknowledgement is lost, the next attempt finds the point already at the
-//! replica and only records it.
+//! replica and only records it. The decisions on both ends are
+//! `ferry_repl::protocol`'s.
 //!
 //! Must not: make a recovery point visible before the end record verified;
 //! block the runtime on the store (store calls run on blocking threads).
@@ -34,10 +35,11 @@ use ferry_repl::cycle::{
     BlockSource, CycleReceiver, CycleSender, ReceiveError, Received, ReplicaSink, resume_from_text,
     resume_to_text,
 };
+use ferry_repl::protocol::{self, Refusal, ReplicaStep, SourceStep};
 use ferry_repl::stream::{self as rs, Compression, CycleHeader};
 use ferry_store::{
-    PartialCycle, RecoveryPoint, ReplicaCycle, ReplicationSettings, SnapshotKind, SnapshotReader,
-    Store, StoreError, Target, VolumeHandle,
+    PartialCycle, RecoveryPoint, ReplicaCycle, ReplicaStart, ReplicationSettings, SnapshotKind,
+    SnapshotReader, Store, StoreError, Target, VolumeHandle,
 };
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -184,6 +186,44 @@ fn stream_error(e: ReceiveError) -> ApiError {
     )
 }
 
+/// The protocol's record of a partial cycle as the store keeps it.
+fn partial_of(p: &PartialCycle) -> protocol::Partial {
+    protocol::Partial {
+        cycle: protocol::CycleRef {
+            cycle: rs::CycleId(p.cycle),
+            point: rs::SnapshotId(p.source_point),
+        },
+        resume: p.resume.as_deref().and_then(resume_from_text),
+    }
+}
+
+/// How the replica takes the cycle of header `h`: the protocol's decision on
+/// its record, inside the store's transaction.
+fn replica_start(
+    h: &CycleHeader,
+    latest: Option<u64>,
+    partial: Option<&PartialCycle>,
+) -> Result<ReplicaStart, ApiError> {
+    let record = protocol::ReplicaRecord {
+        latest: latest.map(rs::SnapshotId),
+        partial: partial.map(partial_of),
+    };
+    match protocol::replica_step(h, &record) {
+        Ok(ReplicaStep::Fresh { discard }) => Ok(ReplicaStart::Fresh { discard }),
+        Ok(ReplicaStep::Continue { .. }) => Ok(ReplicaStart::Continue),
+        Err(r @ Refusal::BaseMismatch { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            r.to_string(),
+        )),
+        Err(r @ Refusal::ResumeMismatch { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "resume_mismatch",
+            r.to_string(),
+        )),
+    }
+}
+
 /// The replica's side of one connection: decode, apply, checkpoint, and
 /// on a verified end make the recovery point.
 fn receive(
@@ -224,28 +264,15 @@ fn receive(
                 }
                 let slots: Vec<(String, u64)> =
                     h.volumes.iter().map(|v| (v.slot.clone(), v.size)).collect();
-                let c = store
-                    .replica_begin(
-                        partner,
-                        group,
-                        h.cycle.0,
-                        h.base.map(|b| b.0),
-                        h.point.snapshot.0,
-                        &slots,
-                        settings.clone(),
-                    )
-                    .map_err(store_error)?;
-                let held = c.resume.as_deref().and_then(resume_from_text);
-                if held != h.resume {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "resume_mismatch",
-                        format!(
-                            "cycle {} resumes at {:?} but this replica holds {:?}",
-                            h.cycle.0, h.resume, held
-                        ),
-                    ));
-                }
+                let c = store.replica_begin(
+                    partner,
+                    group,
+                    h.cycle.0,
+                    h.point.snapshot.0,
+                    &slots,
+                    settings.clone(),
+                    |latest, partial| replica_start(&h, latest, partial),
+                )?;
                 rcv.accept_header();
                 cycle = Some((c, h));
             }
@@ -505,28 +532,33 @@ impl Replicator {
             resp.json().await.map_err(|e| failed(e.to_string()))?
         };
         let point_id = start.point.id.0;
-        if state.last_point == Some(point_id) {
-            // The replica made the point; its answer was lost.
-            self.finish(&r.group, start.cycle).await?;
-            return Ok((0, 0));
-        }
         let base_id = start.base.as_ref().map(|b| b.id.0);
-        if state.last_point != base_id {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "replica_diverged",
-                format!(
-                    "the replica's latest point is {:?}, not this site's base {:?}: a resync is needed",
-                    state.last_point, base_id
-                ),
-            ));
-        }
-        let resume = state
-            .partial
-            .as_ref()
-            .filter(|p| p.cycle == start.cycle && p.source_point == point_id)
-            .and_then(|p| p.resume.as_deref())
-            .and_then(resume_from_text);
+        let record = protocol::ReplicaRecord {
+            latest: state.last_point.map(rs::SnapshotId),
+            partial: state.partial.as_ref().map(partial_of),
+        };
+        let this = protocol::CycleRef {
+            cycle: rs::CycleId(start.cycle),
+            point: rs::SnapshotId(point_id),
+        };
+        let resume = match protocol::source_step(this, base_id.map(rs::SnapshotId), &record) {
+            SourceStep::Acknowledged => {
+                // The replica made the point; its answer was lost.
+                self.finish(&r.group, start.cycle).await?;
+                return Ok((0, 0));
+            }
+            SourceStep::Diverged { .. } => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "replica_diverged",
+                    format!(
+                        "the replica's latest point is {:?}, not this site's base {:?}: a resync is needed",
+                        state.last_point, base_id
+                    ),
+                ));
+            }
+            SourceStep::Send { resume } => resume,
+        };
         if let Some(rp) = &resume {
             tracing::info!(
                 group = %r.group,

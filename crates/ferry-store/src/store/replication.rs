@@ -126,6 +126,18 @@ pub struct RecoveryPoint {
     pub source_id: u64,
 }
 
+/// How the replica takes a cycle it is offered, as the caller decided from
+/// its record ([`Store::replica_begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaStart {
+    /// Record the cycle as the partial one before any block of it is
+    /// written; with `discard`, first drop what the heads hold beyond the
+    /// latest point (an abandoned partial cycle's blocks).
+    Fresh { discard: bool },
+    /// The partial cycle (this one) goes on where it durably stopped.
+    Continue,
+}
+
 /// The replica's side of a cycle being received.
 #[derive(Debug)]
 pub struct ReplicaCycle {
@@ -473,29 +485,28 @@ impl Store {
     }
 
     /// Prepares the replica group for `cycle`, which makes the source's
-    /// point `source_point` on top of the source's `base` (none: the initial
-    /// copy). Creates the group at the first cycle; discards the heads of
-    /// an abandoned cycle; grows volumes the source grew.
+    /// point `source_point`. `decide` says how to take it from the record
+    /// (the source id of the latest recovery point, the partial cycle); it
+    /// runs inside the transaction that carries its step out (the daemon
+    /// passes `ferry_repl::protocol::replica_step`), and before the group is
+    /// created at the first cycle, with an empty record. Discards the heads
+    /// of an abandoned cycle; grows volumes the source grew.
     #[allow(clippy::too_many_arguments)]
-    pub fn replica_begin(
+    pub fn replica_begin<E: From<StoreError>>(
         &self,
         partner: &str,
         group: &str,
         cycle: u64,
-        base: Option<u64>,
         source_point: u64,
         slots: &[(String, u64)],
         settings: ReplicationSettings,
-    ) -> Result<ReplicaCycle> {
+        decide: impl Fn(Option<u64>, Option<&PartialCycle>) -> std::result::Result<ReplicaStart, E>,
+    ) -> std::result::Result<ReplicaCycle, E> {
         let exists = self.catalog().state.group_by_name(group).cloned();
         let g = match exists {
             Some(g) => g,
             None => {
-                if let Some(b) = base {
-                    return Err(StoreError::Conflict(format!(
-                        "group {group} has no replica here, but the cycle is based on point {b}: a full copy is needed"
-                    )));
-                }
+                decide(None, None)?;
                 self.create_replica_group(partner, group, slots, settings.clone())?
             }
         };
@@ -504,17 +515,20 @@ impl Store {
             let mut cat = self.catalog();
             let mut r = self.replica_rec(&cat.state, &g, partner)?;
             let last = r.base.and_then(|b| r.source_ids.get(&b).copied());
-            if last != base {
-                return Err(StoreError::Conflict(format!(
-                    "the cycle is based on {} but the latest recovery point here is {}",
-                    base.map_or("nothing (an initial copy)".into(), |b| format!("point {b}")),
-                    last.map_or("none".into(), |b| format!("point {b}")),
-                )));
-            }
-            match &r.partial {
-                Some(p) if p.cycle == cycle && p.source_point == source_point => p.resume.clone(),
-                other => {
-                    discard = other.is_some();
+            match (decide(last, r.partial.as_ref())?, &r.partial) {
+                (ReplicaStart::Continue, Some(p))
+                    if p.cycle == cycle && p.source_point == source_point =>
+                {
+                    p.resume.clone()
+                }
+                (ReplicaStart::Continue, _) => {
+                    return Err(StoreError::Conflict(format!(
+                        "cycle {cycle} of group {group} is not the one being received"
+                    ))
+                    .into());
+                }
+                (ReplicaStart::Fresh { discard: d }, _) => {
+                    discard = d;
                     r.partial = Some(PartialCycle {
                         cycle,
                         source_point,
