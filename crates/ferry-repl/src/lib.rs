@@ -14,7 +14,8 @@
 //!   acknowledgement, refuse a diverged replica, send, resuming only the
 //!   replica's partial of this very cycle), and what the replica does with a
 //!   header (refuse another base or a resume point it does not hold, take a
-//!   fresh cycle after discarding an abandoned one, or continue). The daemon
+//!   fresh cycle after discarding an abandoned one, or continue), and the
+//!   fence that lets only a group's latest connection write. The daemon
 //!   calls them.
 //!
 //! It owns the format and the cycle logic and nothing else: no I/O, no

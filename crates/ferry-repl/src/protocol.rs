@@ -1,7 +1,7 @@
 //! The decisions of the replication protocol, with no I/O: what the source
 //! does with the state the replica reports, and what the replica does with
-//! the header of a cycle it is offered. The daemon calls these functions;
-//! they are kept pure so that a simulation can call the same.
+//! the header of a cycle it is offered. The daemon and the simulation
+//! (`tests/simulation.rs`) call these same functions.
 //!
 //! ```text
 //! source: pending (cycle, point), base      replica: latest point, partial
@@ -25,16 +25,25 @@
 //!                                             otherwise       → refuse
 //! ```
 //!
+//! A replica may hold several connections of a group at once (an old one
+//! the source gave up on is still draining its buffered bytes). The newest
+//! accepted header wins: a [`Fence`] per group hands each accepted header a
+//! [`Ticket`], and a receiver writes, checkpoints and commits only while its
+//! ticket is the latest, so a stuck receiver of an old cycle cannot write
+//! into the heads of a newer one, nor record progress that a newer one
+//! discarded.
+//!
 //! Invariants: the source resumes only the replica's partial of this very
 //! cycle and point; the replica continues a cycle only where it durably
-//! stopped (the header must repeat its resume point exactly), and writes a
-//! fresh cycle only over heads that hold nothing but its latest point.
-//! Together with the decoder's checks this keeps what the replica applied a
-//! prefix of one cycle on top of the point both sides hold.
+//! stopped (the header must repeat its resume point exactly), writes a
+//! fresh cycle only over heads that hold nothing but its latest point, and
+//! writes only through the latest accepted header. Together with the
+//! decoder's checks this keeps what the replica applied a prefix of one
+//! cycle on top of the point both sides hold.
 //!
-//! Must not: do I/O, read a clock, or keep state between calls; the caller
-//! reads the records and carries out the step (the replica's in the same
-//! catalog transaction that read them).
+//! Must not: do I/O or read a clock; the caller reads the records and
+//! carries out the step (the replica's in the same catalog transaction that
+//! read them, and under its group's fence).
 
 use crate::stream::{CycleHeader, CycleId, ResumePoint, SnapshotId};
 
@@ -172,6 +181,43 @@ pub fn replica_step(header: &CycleHeader, record: &ReplicaRecord) -> Result<Repl
     })
 }
 
+/// Which receiver of a group may act: the one that took the latest header.
+/// The replica keeps one per group in memory (a restart ends every receiver
+/// with it) and holds it locked while it accepts a header and while a
+/// receiver writes, checkpoints or commits, so nothing of a superseded
+/// receiver lands after a newer one began.
+#[derive(Debug, Default)]
+pub struct Fence {
+    latest: u64,
+}
+
+/// A receiver's right to act on its group, from [`Fence::admit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket(u64);
+
+/// A newer connection took over the group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("a newer connection took over this group's cycle")]
+pub struct Superseded;
+
+impl Fence {
+    /// A header was accepted: its receiver may write, older ones no more.
+    pub fn admit(&mut self) -> Ticket {
+        self.latest += 1;
+        Ticket(self.latest)
+    }
+
+    /// Whether the receiver holding `ticket` may still write, checkpoint or
+    /// commit.
+    pub fn check(&self, ticket: Ticket) -> Result<(), Superseded> {
+        if ticket.0 == self.latest {
+            Ok(())
+        } else {
+            Err(Superseded)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,6 +342,16 @@ mod tests {
                 held: Box::new(None)
             })
         );
+    }
+
+    #[test]
+    fn only_the_latest_admitted_receiver_writes() {
+        let mut fence = Fence::default();
+        let old = fence.admit();
+        assert_eq!(fence.check(old), Ok(()));
+        let new = fence.admit();
+        assert_eq!(fence.check(old), Err(Superseded));
+        assert_eq!(fence.check(new), Ok(()));
     }
 
     #[test]

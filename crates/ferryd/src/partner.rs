@@ -496,6 +496,8 @@ pub(crate) struct PartnerState {
     ca_pem: String,
     ca_fingerprint: String,
     provider: Arc<CryptoProvider>,
+    /// Per replica group, which receiving connection may act.
+    pub(crate) fences: crate::replication::Fences,
 }
 
 /// The partner listener's routes.
@@ -505,6 +507,7 @@ pub fn router(app: AppState, material: &PartnerMaterial) -> Router {
         ca_pem: material.ca_pem.clone(),
         ca_fingerprint: material.ca_fingerprint.clone(),
         provider: tls::provider(),
+        fences: Default::default(),
     };
     Router::new()
         .route("/partner/v1/hello", axum::routing::get(hello))

@@ -19,7 +19,10 @@
 //! durably got (after flushing) and a resumed stream starts there. If the
 //! acknowledgement is lost, the next attempt finds the point already at the
 //! replica and only records it. The decisions on both ends are
-//! `ferry_repl::protocol`'s.
+//! `ferry_repl::protocol`'s. Of a group's connections at the replica, only
+//! the one whose header was accepted last writes, checkpoints or commits
+//! (the group's fence): an old one still draining its bytes cannot write an
+//! old cycle into newer heads, nor record progress a newer one discarded.
 //!
 //! Must not: make a recovery point visible before the end record verified;
 //! block the runtime on the store (store calls run on blocking threads).
@@ -68,6 +71,20 @@ pub struct ReplicaStateReply {
     /// The source's snapshot id of the latest recovery point.
     pub last_point: Option<u64>,
     pub partial: Option<PartialCycle>,
+}
+
+/// Per replica group, the fence that lets only the connection whose header
+/// was accepted last write, checkpoint or commit (`protocol::Fence`).
+pub(crate) type Fences = Arc<Mutex<HashMap<String, Arc<Mutex<protocol::Fence>>>>>;
+
+impl PartnerState {
+    fn fence(&self, group: &str) -> Arc<Mutex<protocol::Fence>> {
+        self.fences
+            .lock()
+            .entry(group.to_owned())
+            .or_default()
+            .clone()
+    }
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -129,8 +146,10 @@ pub(crate) async fn replica_stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(8);
     let store = st.app.store().clone();
     let who = partner.clone();
-    let worker =
-        tokio::task::spawn_blocking(move || receive(&store, &who, &group, kind, settings, rx));
+    let fence = st.fence(&group);
+    let worker = tokio::task::spawn_blocking(move || {
+        receive(&store, &who, &group, kind, settings, &fence, rx)
+    });
     let mut frames = body.into_data_stream();
     while let Some(item) = frames.next().await {
         let item = item.map_err(|e| format!("the stream broke off: {e}"));
@@ -147,18 +166,27 @@ pub(crate) async fn replica_stream(
     }
 }
 
-/// Writes runs into the replica group's volumes.
-struct VolumeSink<'a>(&'a [VolumeHandle]);
+/// Writes runs into the replica group's volumes, while its receiver is the
+/// group's latest (the fence is held across each write).
+struct VolumeSink<'a> {
+    volumes: &'a [VolumeHandle],
+    fence: &'a Mutex<protocol::Fence>,
+    ticket: protocol::Ticket,
+}
 
 impl ReplicaSink for VolumeSink<'_> {
     fn write(&mut self, slot: usize, first: u64, data: &[u8]) -> Result<(), String> {
-        let v = self.0.get(slot).ok_or("no such slot")?;
+        let v = self.volumes.get(slot).ok_or("no such slot")?;
+        let fence = self.fence.lock();
+        fence.check(self.ticket).map_err(|e| e.to_string())?;
         v.write(data, first * rs::BLOCK_SIZE as u64, false)
             .map_err(|e| e.to_string())
     }
 
     fn zero(&mut self, slot: usize, first: u64, blocks: u64) -> Result<(), String> {
-        let v = self.0.get(slot).ok_or("no such slot")?;
+        let v = self.volumes.get(slot).ok_or("no such slot")?;
+        let fence = self.fence.lock();
+        fence.check(self.ticket).map_err(|e| e.to_string())?;
         let bs = rs::BLOCK_SIZE as u64;
         v.write_zeroes(first * bs, blocks * bs, false)
             .map_err(|e| e.to_string())
@@ -225,30 +253,46 @@ fn replica_start(
 }
 
 /// The replica's side of one connection: decode, apply, checkpoint, and
-/// on a verified end make the recovery point.
+/// on a verified end make the recovery point. `fence` is the group's: the
+/// connection writes, checkpoints and commits only until a newer one's
+/// header is accepted.
 fn receive(
     store: &Store,
     partner: &str,
     group: &str,
     kind: SnapshotKind,
     settings: ReplicationSettings,
+    fence: &Mutex<protocol::Fence>,
     mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
 ) -> Result<RecoveryPoint, ApiError> {
     let mut rcv = CycleReceiver::new();
-    let mut cycle: Option<(ReplicaCycle, CycleHeader)> = None;
-    let checkpoint = |rcv: &mut CycleReceiver, cycle: &Option<(ReplicaCycle, CycleHeader)>| {
-        if let (Some((c, h)), Some(rp)) = (cycle, rcv.resume_point()) {
-            store
-                .replica_checkpoint(c, h.cycle.0, resume_to_text(&rp))
-                .map_err(store_error)?;
-            rcv.checkpointed();
-        }
-        Ok::<(), ApiError>(())
-    };
+    let mut cycle: Option<(ReplicaCycle, CycleHeader, protocol::Ticket)> = None;
+    let checkpoint =
+        |rcv: &mut CycleReceiver, cycle: &Option<(ReplicaCycle, CycleHeader, protocol::Ticket)>| {
+            if let (Some((c, h, ticket)), Some(rp)) = (cycle, rcv.resume_point()) {
+                // A superseded connection records nothing: a newer one may have
+                // discarded what it wrote.
+                let f = fence.lock();
+                if f.check(*ticket).is_ok() {
+                    store
+                        .replica_checkpoint(c, h.cycle.0, resume_to_text(&rp))
+                        .map_err(store_error)?;
+                    rcv.checkpointed();
+                }
+            }
+            Ok::<(), ApiError>(())
+        };
     loop {
         let polled = match &cycle {
             None => rcv.poll(&mut NoSink, CHECKPOINT_BLOCKS),
-            Some((c, _)) => rcv.poll(&mut VolumeSink(&c.volumes), CHECKPOINT_BLOCKS),
+            Some((c, _, ticket)) => rcv.poll(
+                &mut VolumeSink {
+                    volumes: &c.volumes,
+                    fence,
+                    ticket: *ticket,
+                },
+                CHECKPOINT_BLOCKS,
+            ),
         };
         match polled {
             Err(e) => {
@@ -264,6 +308,9 @@ fn receive(
                 }
                 let slots: Vec<(String, u64)> =
                     h.volumes.iter().map(|v| (v.slot.clone(), v.size)).collect();
+                // Held until the ticket is taken: no older receiver writes
+                // between the decision and the takeover.
+                let mut f = fence.lock();
                 let c = store.replica_begin(
                     partner,
                     group,
@@ -273,8 +320,10 @@ fn receive(
                     settings.clone(),
                     |latest, partial| replica_start(&h, latest, partial),
                 )?;
+                let ticket = f.admit();
+                drop(f);
                 rcv.accept_header();
-                cycle = Some((c, h));
+                cycle = Some((c, h, ticket));
             }
             Ok(Received::Applied { since_checkpoint }) => {
                 if since_checkpoint >= CHECKPOINT_BLOCKS {
@@ -295,12 +344,17 @@ fn receive(
                 }
             },
             Ok(Received::End(_)) => {
-                let Some((c, h)) = &cycle else {
+                let Some((c, h, ticket)) = &cycle else {
                     return Err(ApiError::bad_request("an end record before the header"));
                 };
+                let f = fence.lock();
+                f.check(*ticket).map_err(|e| {
+                    ApiError::new(StatusCode::CONFLICT, "superseded", e.to_string())
+                })?;
                 let point = store
                     .replica_commit(c, h.cycle.0, &h.point.name, kind, h.point.created)
                     .map_err(store_error)?;
+                drop(f);
                 tracing::info!(
                     group,
                     partner,
