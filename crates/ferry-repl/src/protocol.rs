@@ -1,7 +1,7 @@
 //! The decisions of the replication protocol, with no I/O: what the source
 //! does with the state the replica reports, and what the replica does with
-//! the header of a cycle it is offered. The daemon and the simulation
-//! (`tests/simulation.rs`) call these same functions.
+//! the header of a cycle it is offered. The daemon calls these functions;
+//! they are kept pure so that a simulation can call the same.
 //!
 //! ```text
 //! source: pending (cycle, point), base      replica: latest point, partial
@@ -15,13 +15,12 @@
 //!   ── header (cycle, base, point, resume), runs…, end ──▶
 //!                                           replica_step:
 //!                                             base != latest  → refuse
-//!                                             partial is this cycle
-//!                                               and resume == held
-//!                                                             → Continue
-//!                                             no partial of it and
-//!                                               no resume     → Fresh
-//!                                               (discard an abandoned
-//!                                               partial's heads first)
+//!                                             partial is this cycle,
+//!                                               resume == held
+//!                                               and is some   → Continue
+//!                                             no resume       → Fresh
+//!                                               (discard the heads first
+//!                                               if there is a partial)
 //!                                             otherwise       → refuse
 //! ```
 //!
@@ -37,9 +36,13 @@
 //! cycle and point; the replica continues a cycle only where it durably
 //! stopped (the header must repeat its resume point exactly), writes a
 //! fresh cycle only over heads that hold nothing but its latest point, and
-//! writes only through the latest accepted header. Together with the
-//! decoder's checks this keeps what the replica applied a prefix of one
-//! cycle on top of the point both sides hold.
+//! writes only through the latest accepted header. A partial cycle without
+//! a resume point is never continued but taken afresh, discarding the heads
+//! again: the replica records a fresh cycle before it discards the heads,
+//! so a crash between the two leaves exactly that record, and the next
+//! attempt must not trust those heads. Together with the decoder's checks
+//! this keeps what the replica applied a prefix of one cycle on top of the
+//! point both sides hold.
 //!
 //! Must not: do I/O or read a clock; the caller reads the records and
 //! carries out the step (the replica's in the same catalog transaction that
@@ -114,14 +117,14 @@ pub fn source_step(
 /// What the replica does with a header it accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplicaStep {
-    /// A cycle the replica holds nothing of: record it as the partial cycle
-    /// before writing any block. With `discard`, the heads hold blocks of
-    /// an abandoned partial cycle: rebase them on the latest point first.
+    /// A cycle the replica holds nothing durable of: record it as the
+    /// partial cycle before writing any block. With `discard`, the heads may
+    /// hold blocks beyond the latest point (of an abandoned cycle, or of this
+    /// one before a crash that may also have cut a discard short): rebase
+    /// them on the latest point before writing.
     Fresh { discard: bool },
-    /// The partial cycle goes on from `from`, where it durably stopped
-    /// (none: nothing was durable; the heads hold blocks of this cycle only,
-    /// which the stream writes again).
-    Continue { from: Option<ResumePoint> },
+    /// The partial cycle goes on from `from`, where it durably stopped.
+    Continue { from: ResumePoint },
 }
 
 /// Why the replica refuses a header.
@@ -161,19 +164,20 @@ pub fn replica_step(header: &CycleHeader, record: &ReplicaRecord) -> Result<Repl
         point: header.point.snapshot,
     };
     let held = match record.partial {
-        Some(p) if p.cycle == this => {
-            if p.resume == header.resume {
-                return Ok(ReplicaStep::Continue { from: p.resume });
-            }
-            p.resume
-        }
-        other if header.resume.is_none() => {
-            return Ok(ReplicaStep::Fresh {
-                discard: other.is_some(),
-            });
-        }
+        Some(p) if p.cycle == this => p.resume,
         _ => None,
     };
+    match (header.resume, held) {
+        (None, None) => {
+            return Ok(ReplicaStep::Fresh {
+                discard: record.partial.is_some(),
+            });
+        }
+        (Some(stated), Some(held)) if stated == held => {
+            return Ok(ReplicaStep::Continue { from: held });
+        }
+        _ => {}
+    }
     Err(Refusal::ResumeMismatch {
         cycle: header.cycle,
         stated: Box::new(header.resume),
@@ -321,7 +325,7 @@ mod tests {
         );
         assert_eq!(
             replica_step(&header(Some(10), 4, 20, Some(3)), &r),
-            Ok(ReplicaStep::Continue { from: Some(rp(3)) })
+            Ok(ReplicaStep::Continue { from: rp(3) })
         );
         for stated in [Some(2), Some(4), None] {
             assert_eq!(
@@ -375,13 +379,14 @@ mod tests {
             ),
             Ok(ReplicaStep::Fresh { discard: true })
         );
-        // this cycle, nothing durable yet: it goes on from the start
+        // this cycle, nothing durable yet: taken afresh, the heads discarded
+        // again (a crash may have cut the first discard short)
         assert_eq!(
             replica_step(
                 &header(Some(10), 4, 20, None),
                 &record(Some(10), Some((4, 20, None)))
             ),
-            Ok(ReplicaStep::Continue { from: None })
+            Ok(ReplicaStep::Fresh { discard: true })
         );
         assert_eq!(
             Refusal::BaseMismatch {

@@ -12,9 +12,12 @@
 //! - replica: a partial cycle is recorded before any of its blocks is
 //!   written, so heads holding blocks of another cycle are always known and
 //!   discarded (rebased on the last recovery point) before a new cycle
-//!   starts. A recovery point is sealed from the heads only after the whole
-//!   cycle arrived and verified (the caller's duty: it calls
-//!   [`Store::replica_commit`] after the stream's end record checked).
+//!   starts. The caller's decision takes a partial cycle without a resume
+//!   point afresh, discarding again: a crash between recording a cycle and
+//!   discarding the heads is healed by the next attempt. A recovery point
+//!   is sealed from the heads only after the whole cycle arrived and
+//!   verified (the caller's duty: it calls [`Store::replica_commit`] after
+//!   the stream's end record checked).
 //!
 //! Must not: speak the stream format or the network (ferry-repl and the
 //! daemon do); interpret a resume point (it is kept as the caller's text).
