@@ -15,8 +15,10 @@
 //!   replica's partial of this very cycle), and what the replica does with a
 //!   header (refuse another base or a resume point it does not hold, take a
 //!   fresh cycle after discarding an abandoned one, or continue), and the
-//!   fence that lets only a group's latest connection write. The daemon
-//!   calls them.
+//!   fence that lets only a group's latest connection write. The daemon and
+//!   the deterministic simulation (`tests/simulation.rs`, seeded, virtual
+//!   time, loss, duplication, reordering, resets, partitions, crashes) run
+//!   this same code.
 //!
 //! It owns the format and the cycle logic and nothing else: no I/O, no
 //! store, no clock. The daemon moves the bytes over the network and into

@@ -1,7 +1,7 @@
 //! The decisions of the replication protocol, with no I/O: what the source
 //! does with the state the replica reports, and what the replica does with
-//! the header of a cycle it is offered. The daemon calls these functions;
-//! they are kept pure so that a simulation can call the same.
+//! the header of a cycle it is offered. The daemon and the simulation
+//! (`tests/simulation.rs`) call these same functions.
 //!
 //! ```text
 //! source: pending (cycle, point), base      replica: latest point, partial
