@@ -10,7 +10,8 @@
 //! applies a run only once the decoder verified it, and reports
 //! [`Received::End`] only after the end record matched every run; what it
 //! applied is always a prefix of the cycle, described by
-//! [`CycleReceiver::resume_point`].
+//! [`CycleReceiver::resume_point`], which never counts a run the sink
+//! failed to write (after such a failure the receiver stays failed).
 //!
 //! Must not: touch sockets, files, the store or a clock.
 
@@ -173,6 +174,11 @@ pub struct CycleReceiver {
     decoder: Decoder,
     header_seen: bool,
     accepted: bool,
+    /// Where what the sink took ends: the decoder's point, but not past a
+    /// run the sink refused.
+    applied: Option<ResumePoint>,
+    /// The sink's error: the receiver stays failed.
+    sink_failed: Option<String>,
     since_checkpoint: u64,
     /// Runs applied in this connection.
     pub runs_applied: u64,
@@ -192,6 +198,8 @@ impl CycleReceiver {
             decoder: Decoder::new(),
             header_seen: false,
             accepted: false,
+            applied: None,
+            sink_failed: None,
             since_checkpoint: 0,
             runs_applied: 0,
             bytes_applied: 0,
@@ -207,9 +215,10 @@ impl CycleReceiver {
         self.accepted = true;
     }
 
-    /// What the replica holds of this cycle: a prefix ending here.
+    /// What the replica holds of this cycle: a prefix ending here. A run
+    /// the sink failed to write is not in it.
     pub fn resume_point(&self) -> Option<ResumePoint> {
-        self.decoder.resume_point()
+        self.applied
     }
 
     /// The caller made what was applied durable.
@@ -226,6 +235,9 @@ impl CycleReceiver {
     ) -> Result<Received, ReceiveError> {
         if self.header_seen && !self.accepted {
             return Err(ReceiveError::NoHeader);
+        }
+        if let Some(e) = &self.sink_failed {
+            return Err(ReceiveError::Sink(e.clone()));
         }
         let mut applied = false;
         loop {
@@ -246,16 +258,21 @@ impl CycleReceiver {
                 }
                 Some(Event::Header(h)) => {
                     self.header_seen = true;
+                    self.applied = h.resume;
                     return Ok(Received::Header(h));
                 }
                 Some(Event::Run(run)) => {
                     let slot = run.slot.0 as usize;
                     let n = run.blocks();
-                    match &run.content {
+                    let wrote = match &run.content {
                         RunContent::Data(d) => sink.write(slot, run.first.0, d),
                         RunContent::Zeros(_) => sink.zero(slot, run.first.0, n),
+                    };
+                    if let Err(e) = wrote {
+                        self.sink_failed = Some(e.clone());
+                        return Err(ReceiveError::Sink(e));
                     }
-                    .map_err(ReceiveError::Sink)?;
+                    self.applied = self.decoder.resume_point();
                     self.since_checkpoint += n;
                     self.runs_applied += 1;
                     self.bytes_applied += n * crate::stream::BLOCK_SIZE as u64;

@@ -9,6 +9,17 @@
 //!   receiver that applies verified runs to a sink and says when the
 //!   cycle is complete.
 //!
+//! - [`protocol`]: the decisions around a cycle, as pure functions: what the
+//!   source does with the state the replica reports (record a lost
+//!   acknowledgement, refuse a diverged replica, send, resuming only the
+//!   replica's partial of this very cycle), and what the replica does with a
+//!   header (refuse another base or a resume point it does not hold, take a
+//!   fresh cycle after discarding an abandoned one, or continue), and the
+//!   fence that lets only a group's latest connection write. The daemon and
+//!   the deterministic simulation (`tests/simulation.rs`, seeded, virtual
+//!   time, loss, duplication, reordering, resets, partitions, crashes) run
+//!   this same code.
+//!
 //! It owns the format and the cycle logic and nothing else: no I/O, no
 //! store, no clock. The daemon moves the bytes over the network and into
 //! the engine. The decoder never sizes an allocation from
@@ -16,4 +27,5 @@
 //! cargo-fuzz target (`fuzz/fuzz_targets/repl_stream.rs`).
 
 pub mod cycle;
+pub mod protocol;
 pub mod stream;

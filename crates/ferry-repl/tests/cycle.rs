@@ -203,6 +203,84 @@ fn runs_are_contiguous_bounded_and_skip_what_a_resume_covered() {
     assert_eq!(tx.covered_bytes, (256 + 178 + 1) * BLOCK_SIZE as u64);
 }
 
+/// Fails every write from the `fail_at`-th on.
+struct Failing<'a> {
+    inner: &'a mut Mem,
+    writes: usize,
+    fail_at: usize,
+}
+
+impl ReplicaSink for Failing<'_> {
+    fn write(&mut self, slot: usize, first: u64, data: &[u8]) -> Result<(), String> {
+        self.writes += 1;
+        if self.writes >= self.fail_at {
+            return Err("disk full".into());
+        }
+        self.inner.write(slot, first, data)
+    }
+
+    fn zero(&mut self, slot: usize, first: u64, blocks: u64) -> Result<(), String> {
+        self.writes += 1;
+        if self.writes >= self.fail_at {
+            return Err("disk full".into());
+        }
+        self.inner.zero(slot, first, blocks)
+    }
+}
+
+#[test]
+fn a_run_the_sink_refused_is_not_in_the_resume_point() {
+    let sizes = [64usize];
+    let mut src = volumes(3, &sizes);
+    let mut changed = RoaringBitmap::new();
+    for b in (0..64).step_by(3) {
+        changed.insert(b); // 22 runs of one block
+    }
+    // the replica holds the base: the source but for the changed blocks
+    let mut replica = Mem(src.0.clone());
+    for b in &changed {
+        replica.zero(0, u64::from(b), 1).unwrap();
+    }
+    let mut bytes = Vec::new();
+    let mut tx = CycleSender::new(
+        header(&[64], Compression::None, None),
+        vec![changed.clone()],
+        1,
+    );
+    while tx.next_chunk(&mut src, &mut bytes).unwrap() {}
+    let mut rx = CycleReceiver::new();
+    rx.push(&bytes);
+    let mut sink = Failing {
+        inner: &mut replica,
+        writes: 0,
+        fail_at: 5,
+    };
+    assert!(matches!(
+        rx.poll(&mut sink, 1000).unwrap(),
+        Received::Header(_)
+    ));
+    rx.accept_header();
+    assert!(rx.poll(&mut sink, 1000).is_err());
+    // four runs written; the fifth was refused and the receiver stays failed
+    assert_eq!(rx.resume_point().map(|r| r.runs), Some(4));
+    assert!(rx.poll(&mut sink, 1000).is_err());
+    assert_eq!(rx.resume_point().map(|r| r.runs), Some(4));
+    // resuming there leaves the replica equal to the source
+    let resume = rx.resume_point();
+    let mut tx = CycleSender::new(header(&[64], Compression::None, resume), vec![changed], 1);
+    let mut bytes = Vec::new();
+    while tx.next_chunk(&mut src, &mut bytes).unwrap() {}
+    let mut rx = CycleReceiver::new();
+    rx.push(&bytes);
+    assert!(matches!(
+        rx.poll(&mut replica, 1000).unwrap(),
+        Received::Header(_)
+    ));
+    rx.accept_header();
+    while !matches!(rx.poll(&mut replica, 1000).unwrap(), Received::End(_)) {}
+    assert!(replica.0 == src.0);
+}
+
 #[test]
 fn resume_text_round_trips_and_refuses_junk() {
     let r = ResumePoint {

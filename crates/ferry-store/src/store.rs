@@ -34,7 +34,7 @@ pub use exports::{ExportDisk, ExportInfo, ExportKind, ExportSpec};
 pub use partners::{NewPartner, PairingRefusal, PartnerInfo};
 pub use replication::{
     CycleStart, Demotion, FROZEN_TAG, PartialCycle, Promotion, REPLICA_TAG, RecoveryPoint,
-    ReplicaCycle, ReplicationInfo, ReplicationSettings, failover_test_group,
+    ReplicaCycle, ReplicaStart, ReplicationInfo, ReplicationSettings, failover_test_group,
 };
 
 /// Blocks a merge copies under one hold of the write barrier.

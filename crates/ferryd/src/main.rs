@@ -306,14 +306,16 @@ async fn run(
             let link =
                 std::sync::Arc::new(partner::Link::new(&material, partner::advertised(bound)));
             state.set_site_link(link.clone());
-            let replicator = replication::Replicator::new(store.clone(), link.clone());
+            let fences = replication::Fences::default();
+            let replicator =
+                replication::Replicator::new(store.clone(), link.clone(), fences.clone());
             link.set_replicator(&replicator);
             tokio::spawn(replicator.run(REPLICATION_PARALLEL, REPLICATION_INITIAL));
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(partner::server_config(&material, &store)?);
             Some((
                 listener,
-                partner::router(state.clone(), &material),
+                partner::router(state.clone(), &material, fences),
                 serve::Transport::Tls(acceptor),
             ))
         }

@@ -553,15 +553,22 @@ pub(crate) struct PartnerState {
     ca_pem: String,
     ca_fingerprint: String,
     provider: Arc<CryptoProvider>,
+    /// Per replica group, which receiving connection may act.
+    pub(crate) fences: crate::replication::Fences,
 }
 
 /// The partner listener's routes.
-pub fn router(app: AppState, material: &PartnerMaterial) -> Router {
+pub fn router(
+    app: AppState,
+    material: &PartnerMaterial,
+    fences: crate::replication::Fences,
+) -> Router {
     let state = PartnerState {
         app,
         ca_pem: material.ca_pem.clone(),
         ca_fingerprint: material.ca_fingerprint.clone(),
         provider: tls::provider(),
+        fences,
     };
     Router::new()
         .route("/partner/v1/hello", axum::routing::get(hello))

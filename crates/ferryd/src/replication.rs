@@ -18,7 +18,11 @@
 //! pending snapshot stays until acknowledged, the replica records how far it
 //! durably got (after flushing) and a resumed stream starts there. If the
 //! acknowledgement is lost, the next attempt finds the point already at the
-//! replica and only records it.
+//! replica and only records it. The decisions on both ends are
+//! `ferry_repl::protocol`'s. Of a group's connections at the replica, only
+//! the one whose header was accepted last writes, checkpoints or commits
+//! (the group's fence): an old one still draining its bytes cannot write an
+//! old cycle into newer heads, nor record progress a newer one discarded.
 //!
 //! Must not: make a recovery point visible before the end record verified;
 //! block the runtime on the store (store calls run on blocking threads).
@@ -34,10 +38,11 @@ use ferry_repl::cycle::{
     BlockSource, CycleReceiver, CycleSender, ReceiveError, Received, ReplicaSink, resume_from_text,
     resume_to_text,
 };
+use ferry_repl::protocol::{self, Refusal, ReplicaStep, SourceStep};
 use ferry_repl::stream::{self as rs, Compression, CycleHeader};
 use ferry_store::{
-    PartialCycle, RecoveryPoint, ReplicaCycle, ReplicationSettings, SnapshotKind, SnapshotReader,
-    Store, StoreError, Target, VolumeHandle,
+    PartialCycle, RecoveryPoint, ReplicaCycle, ReplicaStart, ReplicationSettings, SnapshotKind,
+    SnapshotReader, Store, StoreError, Target, VolumeHandle,
 };
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -66,6 +71,21 @@ pub struct ReplicaStateReply {
     /// The source's snapshot id of the latest recovery point.
     pub last_point: Option<u64>,
     pub partial: Option<PartialCycle>,
+}
+
+/// Per replica group, the fence that lets only the connection whose header
+/// was accepted last write, checkpoint or commit (`protocol::Fence`).
+pub(crate) type Fences = Arc<Mutex<HashMap<String, Arc<Mutex<protocol::Fence>>>>>;
+
+/// The fence of `group`.
+fn fence_of(fences: &Fences, group: &str) -> Arc<Mutex<protocol::Fence>> {
+    fences.lock().entry(group.to_owned()).or_default().clone()
+}
+
+impl PartnerState {
+    fn fence(&self, group: &str) -> Arc<Mutex<protocol::Fence>> {
+        fence_of(&self.fences, group)
+    }
 }
 
 fn store_error(e: StoreError) -> ApiError {
@@ -127,8 +147,10 @@ pub(crate) async fn replica_stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, String>>(8);
     let store = st.app.store().clone();
     let who = partner.clone();
-    let worker =
-        tokio::task::spawn_blocking(move || receive(&store, &who, &group, kind, settings, rx));
+    let fence = st.fence(&group);
+    let worker = tokio::task::spawn_blocking(move || {
+        receive(&store, &who, &group, kind, settings, &fence, rx)
+    });
     let mut frames = body.into_data_stream();
     while let Some(item) = frames.next().await {
         let item = item.map_err(|e| format!("the stream broke off: {e}"));
@@ -145,18 +167,27 @@ pub(crate) async fn replica_stream(
     }
 }
 
-/// Writes runs into the replica group's volumes.
-struct VolumeSink<'a>(&'a [VolumeHandle]);
+/// Writes runs into the replica group's volumes, while its receiver is the
+/// group's latest (the fence is held across each write).
+struct VolumeSink<'a> {
+    volumes: &'a [VolumeHandle],
+    fence: &'a Mutex<protocol::Fence>,
+    ticket: protocol::Ticket,
+}
 
 impl ReplicaSink for VolumeSink<'_> {
     fn write(&mut self, slot: usize, first: u64, data: &[u8]) -> Result<(), String> {
-        let v = self.0.get(slot).ok_or("no such slot")?;
+        let v = self.volumes.get(slot).ok_or("no such slot")?;
+        let fence = self.fence.lock();
+        fence.check(self.ticket).map_err(|e| e.to_string())?;
         v.write(data, first * rs::BLOCK_SIZE as u64, false)
             .map_err(|e| e.to_string())
     }
 
     fn zero(&mut self, slot: usize, first: u64, blocks: u64) -> Result<(), String> {
-        let v = self.0.get(slot).ok_or("no such slot")?;
+        let v = self.volumes.get(slot).ok_or("no such slot")?;
+        let fence = self.fence.lock();
+        fence.check(self.ticket).map_err(|e| e.to_string())?;
         let bs = rs::BLOCK_SIZE as u64;
         v.write_zeroes(first * bs, blocks * bs, false)
             .map_err(|e| e.to_string())
@@ -184,31 +215,85 @@ fn stream_error(e: ReceiveError) -> ApiError {
     )
 }
 
+/// The protocol's record of a partial cycle as the store keeps it.
+fn partial_of(p: &PartialCycle) -> protocol::Partial {
+    protocol::Partial {
+        cycle: protocol::CycleRef {
+            cycle: rs::CycleId(p.cycle),
+            point: rs::SnapshotId(p.source_point),
+        },
+        resume: p.resume.as_deref().and_then(resume_from_text),
+    }
+}
+
+/// How the replica takes the cycle of header `h`: the protocol's decision on
+/// its record, inside the store's transaction.
+fn replica_start(
+    h: &CycleHeader,
+    latest: Option<u64>,
+    partial: Option<&PartialCycle>,
+) -> Result<ReplicaStart, ApiError> {
+    let record = protocol::ReplicaRecord {
+        latest: latest.map(rs::SnapshotId),
+        partial: partial.map(partial_of),
+    };
+    match protocol::replica_step(h, &record) {
+        Ok(ReplicaStep::Fresh { discard }) => Ok(ReplicaStart::Fresh { discard }),
+        Ok(ReplicaStep::Continue { .. }) => Ok(ReplicaStart::Continue),
+        Err(r @ Refusal::BaseMismatch { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            r.to_string(),
+        )),
+        Err(r @ Refusal::ResumeMismatch { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "resume_mismatch",
+            r.to_string(),
+        )),
+    }
+}
+
 /// The replica's side of one connection: decode, apply, checkpoint, and
-/// on a verified end make the recovery point.
+/// on a verified end make the recovery point. `fence` is the group's: the
+/// connection writes, checkpoints and commits only until a newer one's
+/// header is accepted.
 fn receive(
     store: &Store,
     partner: &str,
     group: &str,
     kind: SnapshotKind,
     settings: ReplicationSettings,
+    fence: &Mutex<protocol::Fence>,
     mut rx: tokio::sync::mpsc::Receiver<Result<bytes::Bytes, String>>,
 ) -> Result<RecoveryPoint, ApiError> {
     let mut rcv = CycleReceiver::new();
-    let mut cycle: Option<(ReplicaCycle, CycleHeader)> = None;
-    let checkpoint = |rcv: &mut CycleReceiver, cycle: &Option<(ReplicaCycle, CycleHeader)>| {
-        if let (Some((c, h)), Some(rp)) = (cycle, rcv.resume_point()) {
-            store
-                .replica_checkpoint(c, h.cycle.0, resume_to_text(&rp))
-                .map_err(store_error)?;
-            rcv.checkpointed();
-        }
-        Ok::<(), ApiError>(())
-    };
+    let mut cycle: Option<(ReplicaCycle, CycleHeader, protocol::Ticket)> = None;
+    let checkpoint =
+        |rcv: &mut CycleReceiver, cycle: &Option<(ReplicaCycle, CycleHeader, protocol::Ticket)>| {
+            if let (Some((c, h, ticket)), Some(rp)) = (cycle, rcv.resume_point()) {
+                // A superseded connection records nothing: a newer one may have
+                // discarded what it wrote.
+                let f = fence.lock();
+                if f.check(*ticket).is_ok() {
+                    store
+                        .replica_checkpoint(c, h.cycle.0, resume_to_text(&rp))
+                        .map_err(store_error)?;
+                    rcv.checkpointed();
+                }
+            }
+            Ok::<(), ApiError>(())
+        };
     loop {
         let polled = match &cycle {
             None => rcv.poll(&mut NoSink, CHECKPOINT_BLOCKS),
-            Some((c, _)) => rcv.poll(&mut VolumeSink(&c.volumes), CHECKPOINT_BLOCKS),
+            Some((c, _, ticket)) => rcv.poll(
+                &mut VolumeSink {
+                    volumes: &c.volumes,
+                    fence,
+                    ticket: *ticket,
+                },
+                CHECKPOINT_BLOCKS,
+            ),
         };
         match polled {
             Err(e) => {
@@ -224,35 +309,22 @@ fn receive(
                 }
                 let slots: Vec<(String, u64)> =
                     h.volumes.iter().map(|v| (v.slot.clone(), v.size)).collect();
-                let c = store
-                    .replica_begin(
-                        partner,
-                        group,
-                        h.cycle.0,
-                        h.base.map(|b| b.0),
-                        h.point.snapshot.0,
-                        &slots,
-                        settings.clone(),
-                    )
-                    .map_err(store_error)?;
-                let held = c.resume.as_deref().and_then(resume_from_text);
-                if held.is_some() && h.resume.is_none() {
-                    // The same cycle from its start (a sender that lost
-                    // track, a seed applied again): its runs rewrite what
-                    // the partial one wrote, with the same data.
-                    store.replica_restart(&c, h.cycle.0).map_err(store_error)?;
-                } else if held != h.resume {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        "resume_mismatch",
-                        format!(
-                            "cycle {} resumes at {:?} but this replica holds {:?}",
-                            h.cycle.0, h.resume, held
-                        ),
-                    ));
-                }
+                // Held until the ticket is taken: no older receiver writes
+                // between the decision and the takeover.
+                let mut f = fence.lock();
+                let c = store.replica_begin(
+                    partner,
+                    group,
+                    h.cycle.0,
+                    h.point.snapshot.0,
+                    &slots,
+                    settings.clone(),
+                    |latest, partial| replica_start(&h, latest, partial),
+                )?;
+                let ticket = f.admit();
+                drop(f);
                 rcv.accept_header();
-                cycle = Some((c, h));
+                cycle = Some((c, h, ticket));
             }
             Ok(Received::Applied { since_checkpoint }) => {
                 if since_checkpoint >= CHECKPOINT_BLOCKS {
@@ -273,12 +345,17 @@ fn receive(
                 }
             },
             Ok(Received::End(_)) => {
-                let Some((c, h)) = &cycle else {
+                let Some((c, h, ticket)) = &cycle else {
                     return Err(ApiError::bad_request("an end record before the header"));
                 };
+                let f = fence.lock();
+                f.check(*ticket).map_err(|e| {
+                    ApiError::new(StatusCode::CONFLICT, "superseded", e.to_string())
+                })?;
                 let point = store
                     .replica_commit(c, h.cycle.0, &h.point.name, kind, h.point.created)
                     .map_err(store_error)?;
+                drop(f);
                 tracing::info!(
                     group,
                     partner,
@@ -333,6 +410,8 @@ pub struct Replicator {
     wake: tokio::sync::Notify,
     now: Mutex<Vec<String>>,
     pacers: Mutex<HashMap<String, Arc<Pacer>>>,
+    /// The replica groups' fences, shared with the partner listener.
+    fences: Fences,
 }
 
 impl std::fmt::Debug for Replicator {
@@ -348,7 +427,7 @@ fn nanos() -> u64 {
 }
 
 impl Replicator {
-    pub fn new(store: Store, link: Arc<Link>) -> Arc<Replicator> {
+    pub fn new(store: Store, link: Arc<Link>, fences: Fences) -> Arc<Replicator> {
         Arc::new(Replicator {
             store,
             link,
@@ -356,6 +435,7 @@ impl Replicator {
             wake: tokio::sync::Notify::new(),
             now: Mutex::new(Vec::new()),
             pacers: Mutex::new(HashMap::new()),
+            fences,
         })
     }
 
@@ -566,13 +646,26 @@ impl Replicator {
             resp.json().await.map_err(|e| failed(e.to_string()))?
         };
         let point_id = start.point.id.0;
-        if state.last_point == Some(point_id) {
-            // The replica made the point; its answer was lost.
-            self.finish(&r.group, start.cycle).await?;
-            return Ok((0, 0));
-        }
         let mut start = start;
         let mut base_id = start.base.as_ref().map(|b| b.id.0);
+        let record = protocol::ReplicaRecord {
+            latest: state.last_point.map(rs::SnapshotId),
+            partial: state.partial.as_ref().map(partial_of),
+        };
+        let this = protocol::CycleRef {
+            cycle: rs::CycleId(start.cycle),
+            point: rs::SnapshotId(point_id),
+        };
+        let (mut resume, diverged) =
+            match protocol::source_step(this, base_id.map(rs::SnapshotId), &record) {
+                SourceStep::Acknowledged => {
+                    // The replica made the point; its answer was lost.
+                    self.finish(&r.group, start.cycle).await?;
+                    return Ok((0, 0));
+                }
+                SourceStep::Diverged { .. } => (None, true),
+                SourceStep::Send { resume } => (resume, false),
+            };
         let changed_blocks: u64 = start.changed.values().map(|c| c.len()).sum();
         let total_blocks: u64 = start
             .point
@@ -580,11 +673,12 @@ impl Replicator {
             .values()
             .map(|m| m.size / rs::BLOCK_SIZE as u64)
             .sum();
-        let diverged = state.last_point.is_some() && state.last_point != base_id;
         let too_big = base_id.is_some() && changed_blocks * 2 > total_blocks;
         if diverged || too_big {
             // Resync: the replica's latest point, whatever it is, is the
-            // base; only the regions whose digests differ travel.
+            // base; only the regions whose digests differ travel. The plan
+            // is the same at every attempt (both sides' points stay), so
+            // an interrupted resync resumes like any cycle.
             let (changed, differ, regions) =
                 self.resync_plan(&r.group, &partner.name, &start).await?;
             tracing::info!(
@@ -595,15 +689,15 @@ impl Replicator {
             );
             start.changed = changed;
             base_id = state.last_point;
+            resume = state
+                .partial
+                .as_ref()
+                .filter(|p| p.cycle == start.cycle && p.source_point == point_id)
+                .and_then(|p| p.resume.as_deref())
+                .and_then(resume_from_text);
             let mut f = self.figures.lock();
             f.entry(r.group.clone()).or_default().stats.resyncing = true;
         }
-        let resume = state
-            .partial
-            .as_ref()
-            .filter(|p| p.cycle == start.cycle && p.source_point == point_id)
-            .and_then(|p| p.resume.as_deref())
-            .and_then(resume_from_text);
         if let Some(rp) = &resume {
             tracing::info!(
                 group = %r.group,
@@ -1214,6 +1308,7 @@ impl Replicator {
         });
         let store = self.store.clone();
         let (g, p) = (group.to_owned(), partner.to_owned());
+        let fence = fence_of(&self.fences, group);
         let point = blocking(move || {
             receive(
                 &store,
@@ -1221,6 +1316,7 @@ impl Replicator {
                 &g,
                 SnapshotKind::Crash,
                 ReplicationSettings::default(),
+                &fence,
                 rx,
             )
         })

@@ -12,9 +12,12 @@
 //! - replica: a partial cycle is recorded before any of its blocks is
 //!   written, so heads holding blocks of another cycle are always known and
 //!   discarded (rebased on the last recovery point) before a new cycle
-//!   starts. A recovery point is sealed from the heads only after the whole
-//!   cycle arrived and verified (the caller's duty: it calls
-//!   [`Store::replica_commit`] after the stream's end record checked).
+//!   starts. The caller's decision takes a partial cycle without a resume
+//!   point afresh, discarding again: a crash between recording a cycle and
+//!   discarding the heads is healed by the next attempt. A recovery point
+//!   is sealed from the heads only after the whole cycle arrived and
+//!   verified (the caller's duty: it calls [`Store::replica_commit`] after
+//!   the stream's end record checked).
 //!
 //! Must not: speak the stream format or the network (ferry-repl and the
 //! daemon do); interpret a resume point (it is kept as the caller's text).
@@ -136,6 +139,18 @@ pub struct RecoveryPoint {
     pub kind: SnapshotKind,
     /// The snapshot's id at the source.
     pub source_id: u64,
+}
+
+/// How the replica takes a cycle it is offered, as the caller decided from
+/// its record ([`Store::replica_begin`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaStart {
+    /// Record the cycle as the partial one before any block of it is
+    /// written; with `discard`, first drop what the heads hold beyond the
+    /// latest point (an abandoned partial cycle's blocks).
+    Fresh { discard: bool },
+    /// The partial cycle (this one) goes on where it durably stopped.
+    Continue,
 }
 
 /// The replica's side of a cycle being received.
@@ -503,29 +518,28 @@ impl Store {
     }
 
     /// Prepares the replica group for `cycle`, which makes the source's
-    /// point `source_point` on top of the source's `base` (none: the initial
-    /// copy). Creates the group at the first cycle; discards the heads of
-    /// an abandoned cycle; grows volumes the source grew.
+    /// point `source_point`. `decide` says how to take it from the record
+    /// (the source id of the latest recovery point, the partial cycle); it
+    /// runs inside the transaction that carries its step out (the daemon
+    /// passes `ferry_repl::protocol::replica_step`), and before the group is
+    /// created at the first cycle, with an empty record. Discards the heads
+    /// of an abandoned cycle; grows volumes the source grew.
     #[allow(clippy::too_many_arguments)]
-    pub fn replica_begin(
+    pub fn replica_begin<E: From<StoreError>>(
         &self,
         partner: &str,
         group: &str,
         cycle: u64,
-        base: Option<u64>,
         source_point: u64,
         slots: &[(String, u64)],
         settings: ReplicationSettings,
-    ) -> Result<ReplicaCycle> {
+        decide: impl Fn(Option<u64>, Option<&PartialCycle>) -> std::result::Result<ReplicaStart, E>,
+    ) -> std::result::Result<ReplicaCycle, E> {
         let exists = self.catalog().state.group_by_name(group).cloned();
         let g = match exists {
             Some(g) => g,
             None => {
-                if let Some(b) = base {
-                    return Err(StoreError::Conflict(format!(
-                        "group {group} has no replica here, but the cycle is based on point {b}: a full copy is needed"
-                    )));
-                }
+                decide(None, None)?;
                 self.create_replica_group(partner, group, slots, settings.clone())?
             }
         };
@@ -534,17 +548,20 @@ impl Store {
             let mut cat = self.catalog();
             let mut r = self.replica_rec(&cat.state, &g, partner)?;
             let last = r.base.and_then(|b| r.source_ids.get(&b).copied());
-            if last != base {
-                return Err(StoreError::Conflict(format!(
-                    "the cycle is based on {} but the latest recovery point here is {}",
-                    base.map_or("nothing (an initial copy)".into(), |b| format!("point {b}")),
-                    last.map_or("none".into(), |b| format!("point {b}")),
-                )));
-            }
-            match &r.partial {
-                Some(p) if p.cycle == cycle && p.source_point == source_point => p.resume.clone(),
-                other => {
-                    discard = other.is_some();
+            match (decide(last, r.partial.as_ref())?, &r.partial) {
+                (ReplicaStart::Continue, Some(p))
+                    if p.cycle == cycle && p.source_point == source_point =>
+                {
+                    p.resume.clone()
+                }
+                (ReplicaStart::Continue, _) => {
+                    return Err(StoreError::Conflict(format!(
+                        "cycle {cycle} of group {group} is not the one being received"
+                    ))
+                    .into());
+                }
+                (ReplicaStart::Fresh { discard: d }, _) => {
+                    discard = d;
                     r.partial = Some(PartialCycle {
                         cycle,
                         source_point,
@@ -677,24 +694,6 @@ impl Store {
         let mut r = Self::replication_of(&cat.state, &g).ok_or_else(|| not_replicated(&c.group))?;
         match &mut r.partial {
             Some(p) if p.cycle == cycle => p.resume = Some(resume),
-            _ => {
-                return Err(StoreError::Conflict(format!(
-                    "cycle {cycle} of group {} is not the one being received",
-                    c.group
-                )));
-            }
-        }
-        cat.commit(vec![Change::PutReplication(r)])
-    }
-
-    /// The cycle being received starts over from its first run: forgets
-    /// how far it got (the heads keep what it wrote; the same runs come again).
-    pub fn replica_restart(&self, c: &ReplicaCycle, cycle: u64) -> Result<()> {
-        let mut cat = self.catalog();
-        let g = self.group_rec(&cat.state, &c.group)?;
-        let mut r = Self::replication_of(&cat.state, &g).ok_or_else(|| not_replicated(&c.group))?;
-        match &mut r.partial {
-            Some(p) if p.cycle == cycle => p.resume = None,
             _ => {
                 return Err(StoreError::Conflict(format!(
                     "cycle {cycle} of group {} is not the one being received",
