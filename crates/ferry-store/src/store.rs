@@ -1312,29 +1312,7 @@ impl Store {
                 return Ok(false);
             }
             let chunk: Vec<u32> = iter.by_ref().take(MERGE_CHUNK).collect();
-            let mut i = 0;
-            while i < chunk.len() {
-                let b = chunk[i];
-                let kind = src.state(b);
-                let mut j = i + 1;
-                while j < chunk.len() && chunk[j] == chunk[j - 1] + 1 && src.state(chunk[j]) == kind
-                {
-                    j += 1;
-                }
-                let len = (j - i) as u32;
-                match kind {
-                    BlockState::Zero => dst.zero_blocks(b, len),
-                    BlockState::Absent => {}
-                    BlockState::Data => {
-                        let n = (j - i) * BLOCK;
-                        src.read(&mut buf[..n], u64::from(b) * BLOCK_SIZE)
-                            .map_err(io_err("merging", child))?;
-                        dst.write_blocks(b, &buf[..n])
-                            .map_err(io_err("merging into", parent))?;
-                    }
-                }
-                i = j;
-            }
+            copy_blocks(&src, &dst, &chunk, false, &mut buf)?;
             progress.add_done(chunk.len() as u64);
         }
         dst.persist().map_err(io_err("merging into", parent))?;
@@ -1417,37 +1395,7 @@ impl Store {
                 .find(|v| v.state.read().head().id == into)
                 .cloned();
             let barrier = owner.as_ref().map(|v| v.state.write());
-            let mut i = 0;
-            while i < chunk.len() {
-                let b = chunk[i];
-                if dst.state(b) != BlockState::Absent {
-                    i += 1;
-                    continue;
-                }
-                // A run of consecutive blocks of one kind, copied at once.
-                let kind = src.state(b);
-                let mut j = i + 1;
-                while j < chunk.len()
-                    && chunk[j] == chunk[j - 1] + 1
-                    && src.state(chunk[j]) == kind
-                    && dst.state(chunk[j]) == BlockState::Absent
-                {
-                    j += 1;
-                }
-                let len = (j - i) as u32;
-                match kind {
-                    BlockState::Zero => dst.zero_blocks(b, len),
-                    BlockState::Absent => {}
-                    BlockState::Data => {
-                        let n = (j - i) * BLOCK;
-                        src.read(&mut buf[..n], u64::from(b) * BLOCK_SIZE)
-                            .map_err(io_err("merging", from))?;
-                        dst.write_blocks(b, &buf[..n])
-                            .map_err(io_err("merging into", into))?;
-                    }
-                }
-                i = j;
-            }
+            copy_blocks(&src, &dst, &chunk, true, &mut buf)?;
             drop(barrier);
             progress.add_done(chunk.len() as u64);
         }
@@ -1516,6 +1464,51 @@ fn gc_candidates(state: &crate::catalog::CatalogState) -> Vec<(LayerId, Vec<Laye
 
 /// Every merge garbage collection could plan now: a layer nothing needs
 /// into its only child.
+/// Copies `blocks` (ascending) of `src` into `dst`, consecutive blocks of
+/// one kind at once: data as data, zeros as zeros. With `only_absent`, a
+/// block `dst` defines already is left as it is (a merge into the child);
+/// without, `dst`'s is replaced (the child absorbed into its parent).
+fn copy_blocks(
+    src: &Layer,
+    dst: &Layer,
+    blocks: &[u32],
+    only_absent: bool,
+    buf: &mut [u8],
+) -> Result<()> {
+    let wanted = |b: u32| !only_absent || dst.state(b) == BlockState::Absent;
+    let mut i = 0;
+    while i < blocks.len() {
+        let b = blocks[i];
+        if !wanted(b) {
+            i += 1;
+            continue;
+        }
+        let kind = src.state(b);
+        let mut j = i + 1;
+        while j < blocks.len()
+            && blocks[j] == blocks[j - 1] + 1
+            && src.state(blocks[j]) == kind
+            && wanted(blocks[j])
+        {
+            j += 1;
+        }
+        let len = (j - i) as u32;
+        match kind {
+            BlockState::Zero => dst.zero_blocks(b, len),
+            BlockState::Absent => {}
+            BlockState::Data => {
+                let n = (j - i) * BLOCK;
+                src.read(&mut buf[..n], u64::from(b) * BLOCK_SIZE)
+                    .map_err(io_err("merging", src.id))?;
+                dst.write_blocks(b, &buf[..n])
+                    .map_err(io_err("merging into", dst.id))?;
+            }
+        }
+        i = j;
+    }
+    Ok(())
+}
+
 fn gc_merges(state: &crate::catalog::CatalogState) -> Vec<(LayerId, LayerId)> {
     gc_candidates(state)
         .into_iter()

@@ -890,29 +890,59 @@ pub struct DemoteBody {
     pub caller_point: u64,
 }
 
+/// The replication of `group` here, which must be a replica of `partner`.
+fn replica_of(
+    store: &Store,
+    group: &str,
+    partner: &str,
+) -> Result<ferry_store::ReplicationInfo, ApiError> {
+    let r = store.replication(group).map_err(store_error)?;
+    if r.role != "replica" || r.partner != partner {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_replica",
+            format!("group {group:?} is not a replica of {partner:?} here"),
+        ));
+    }
+    Ok(r)
+}
+
+/// A partner call's common part: who calls (mutual TLS), its JSON body
+/// (`usage` when unreadable), then `f` on a blocking thread, answered as JSON.
+async fn partner_call<B, T>(
+    st: &PartnerState,
+    peer: Option<Extension<PeerCertificates>>,
+    body: Result<Json<B>, axum::extract::rejection::JsonRejection>,
+    usage: &'static str,
+    f: impl FnOnce(Store, String, B) -> Result<T, ApiError> + Send + 'static,
+) -> Response
+where
+    B: Send + 'static,
+    T: Serialize + Send + 'static,
+{
+    let partner = match caller(st, peer) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(Json(body)) = body else {
+        return ApiError::bad_request(usage).into_response();
+    };
+    let store = st.app.store().clone();
+    match blocking(move || f(store, partner, body)).await {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
 pub(crate) async fn replica_promote(
     State(st): State<PartnerState>,
     peer: Option<Extension<PeerCertificates>>,
     Path(group): Path<String>,
     body: Result<Json<PromoteBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let partner = match caller(&st, peer) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(Json(body)) = body else {
-        return ApiError::bad_request("the body must be {\"source_point\": ID}").into_response();
-    };
-    let store = st.app.store().clone();
-    let done = blocking(move || {
-        let r = store.replication(&group).map_err(store_error)?;
-        if r.role != "replica" || r.partner != partner {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_a_replica",
-                format!("group {group:?} is not a replica of {partner:?} here"),
-            ));
-        }
+    let usage = "the body must be {\"source_point\": ID}";
+    partner_call(&st, peer, body, usage, move |store, partner, body: PromoteBody| {
+        replica_of(&store, &group, &partner)?;
         let name = store
             .recovery_point_by_source(&group, body.source_point)
             .map_err(store_error)?;
@@ -927,11 +957,7 @@ pub(crate) async fn replica_promote(
         tracing::info!(group, partner, point = %p.point, "promoted by the primary (planned failover)");
         Ok(p)
     })
-    .await;
-    match done {
-        Ok(p) => Json(p).into_response(),
-        Err(e) => e.into_response(),
-    }
+    .await
 }
 
 pub(crate) async fn replica_demote(
@@ -940,27 +966,21 @@ pub(crate) async fn replica_demote(
     Path(group): Path<String>,
     body: Result<Json<DemoteBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let partner = match caller(&st, peer) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(Json(body)) = body else {
-        return ApiError::bad_request("the body must be {\"common\": ID, \"caller_point\": ID}")
-            .into_response();
-    };
-    let store = st.app.store().clone();
-    let done = blocking(move || {
-        let d = store
-            .demote_to_replica(&group, &partner, body.common, body.caller_point)
-            .map_err(store_error)?;
-        tracing::info!(group, partner, kept = ?d.kept, "now a replica (reverse)");
-        Ok(d)
-    })
-    .await;
-    match done {
-        Ok(d) => Json(d).into_response(),
-        Err(e) => e.into_response(),
-    }
+    let usage = "the body must be {\"common\": ID, \"caller_point\": ID}";
+    partner_call(
+        &st,
+        peer,
+        body,
+        usage,
+        move |store, partner, body: DemoteBody| {
+            let d = store
+                .demote_to_replica(&group, &partner, body.common, body.caller_point)
+                .map_err(store_error)?;
+            tracing::info!(group, partner, kept = ?d.kept, "now a replica (reverse)");
+            Ok(d)
+        },
+    )
+    .await
 }
 
 impl Replicator {
@@ -1383,58 +1403,49 @@ pub(crate) async fn replica_digests(
     Path(group): Path<String>,
     body: Result<Json<DigestsBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let partner = match caller(&st, peer) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let region = match body {
-        Ok(Json(b)) if b.region_blocks >= 1 && b.region_blocks.is_power_of_two() => b.region_blocks,
-        _ => {
-            return ApiError::bad_request("region_blocks must be a power of two").into_response();
-        }
-    };
-    let store = st.app.store().clone();
-    let done = blocking(move || {
-        let r = store.replication(&group).map_err(store_error)?;
-        if r.role != "replica" || r.partner != partner {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "not_a_replica",
-                format!("group {group:?} is not a replica of {partner:?} here"),
-            ));
-        }
-        let Some(last) = r.last_point else {
-            return Ok(DigestsReply::default());
-        };
-        let info = store
-            .snapshot(Target::Group(&group), &last)
-            .map_err(store_error)?;
-        let mut slots = std::collections::BTreeMap::new();
-        for slot in info.members.keys() {
-            let reader = store
-                .open_snapshot(Target::Group(&group), &last, Some(slot))
+    let usage = "the body must be {\"region_blocks\": N}";
+    partner_call(
+        &st,
+        peer,
+        body,
+        usage,
+        move |store, partner, body: DigestsBody| {
+            let region = body.region_blocks;
+            if region == 0 || !region.is_power_of_two() {
+                return Err(ApiError::bad_request(
+                    "region_blocks must be a power of two",
+                ));
+            }
+            let r = replica_of(&store, &group, &partner)?;
+            let Some(last) = r.last_point else {
+                return Ok(DigestsReply::default());
+            };
+            let info = store
+                .snapshot(Target::Group(&group), &last)
                 .map_err(store_error)?;
-            slots.insert(
-                slot.clone(),
-                region_digests(&reader, region).map_err(store_error)?,
-            );
-        }
-        let source = store
-            .recovery_points(&group)
-            .map_err(store_error)?
-            .into_iter()
-            .find(|p| p.name == last)
-            .map(|p| p.source_id);
-        Ok(DigestsReply {
-            point: source,
-            slots,
-        })
-    })
-    .await;
-    match done {
-        Ok(d) => Json(d).into_response(),
-        Err(e) => e.into_response(),
-    }
+            let mut slots = std::collections::BTreeMap::new();
+            for slot in info.members.keys() {
+                let reader = store
+                    .open_snapshot(Target::Group(&group), &last, Some(slot))
+                    .map_err(store_error)?;
+                slots.insert(
+                    slot.clone(),
+                    region_digests(&reader, region).map_err(store_error)?,
+                );
+            }
+            let source = store
+                .recovery_points(&group)
+                .map_err(store_error)?
+                .into_iter()
+                .find(|p| p.name == last)
+                .map(|p| p.source_id);
+            Ok(DigestsReply {
+                point: source,
+                slots,
+            })
+        },
+    )
+    .await
 }
 
 impl Replicator {

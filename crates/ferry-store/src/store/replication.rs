@@ -163,6 +163,17 @@ pub struct ReplicaCycle {
     pub resume: Option<String>,
 }
 
+/// `name`, or `name-2`, `name-3`, … : the first no snapshot of the group has.
+fn free_name(state: &crate::catalog::CatalogState, g: crate::types::GroupId, name: &str) -> String {
+    let mut out = name.to_owned();
+    let mut n = 1;
+    while state.snapshot_by_name(OwnerId::Group(g), &out).is_some() {
+        n += 1;
+        out = format!("{name}-{n}");
+    }
+    out
+}
+
 fn not_replicated(group: &str) -> StoreError {
     StoreError::not_found("replication", group)
 }
@@ -347,16 +358,7 @@ impl Store {
                 Some(s) => (rec, s, true),
                 None => {
                     let cycle = rec.next_cycle;
-                    let mut name = format!("repl-{cycle}");
-                    let mut n = 1;
-                    while cat
-                        .state
-                        .snapshot_by_name(OwnerId::Group(g.id), &name)
-                        .is_some()
-                    {
-                        n += 1;
-                        name = format!("repl-{cycle}-{n}");
-                    }
+                    let name = free_name(&cat.state, g.id, &format!("repl-{cycle}"));
                     let mut next = rec.clone();
                     let members = g.slots.clone();
                     let snap = self.seal(
@@ -727,16 +729,7 @@ impl Store {
                 c.group
             )));
         };
-        let mut pname = name.to_owned();
-        let mut n = 1;
-        while cat
-            .state
-            .snapshot_by_name(OwnerId::Group(g.id), &pname)
-            .is_some()
-        {
-            n += 1;
-            pname = format!("{name}-{n}");
-        }
+        let pname = free_name(&cat.state, g.id, name);
         let members = g.slots.clone();
         let cat_snapshots: std::collections::BTreeSet<SnapshotId> =
             cat.state.snapshots.keys().copied().collect();
