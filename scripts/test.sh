@@ -21,6 +21,9 @@ need nbdkit nbdkit
 need fio fio
 need fuse2fs fuse2fs
 need mkfs.ext4 e2fsprogs
+# replication over a bad link (crates/ferry/tests/replication_faults.rs): two
+# network namespaces joined by a veth; the test needs root and fails without
+need ip iproute2
 # libnbd's Python binding for Debian's python, as nbdsh uses it
 [ -e /usr/lib/python3/dist-packages/nbd.py ] || packages+=(python3-libnbd)
 if [ ${#packages[@]} -gt 0 ]; then

@@ -299,3 +299,84 @@ fn only_admins_name_the_site_and_pair_operators_look_users_see_nothing() {
     assert_eq!(plan["action"], "partner.token");
     assert!(plan.get("token").is_none());
 }
+
+/// `ferryd ARGS...` that must refuse to start: its exit code and stderr.
+fn ferryd_refuses(data: &Path, args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(common::ferryd_bin())
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn partner_advertise_is_the_address_tokens_and_pairing_requests_carry() {
+    let dir = tempfile::tempdir().unwrap();
+    // the flag: what a token tells partners, whatever the listener is bound to
+    let a = Daemon::start_with(
+        &dir.path().join("a"),
+        &["--partner-advertise", "site-a.example:7000"],
+    );
+    assert_ne!(a.partner, "site-a.example:7000");
+    assert!(
+        a.said("ferryd: partner listener on ")
+            .is_some_and(|l| l.ends_with(", advertised as site-a.example:7000)")),
+        "{:?}",
+        a.startup
+    );
+    assert_eq!(
+        a.json(&["site", "show"])["partner_address"],
+        "site-a.example:7000"
+    );
+    let t = token(&a, "15m");
+    assert_eq!(
+        PartnerToken::decode(&t).unwrap().address,
+        "site-a.example:7000"
+    );
+    // the config key: what a pairing request tells the site paired with
+    let c = Daemon::start(&dir.path().join("c"));
+    let config = dir.path().join("b.toml");
+    std::fs::write(&config, "partner_advertise = \"[::1]:7421\"\n").unwrap();
+    let b = Daemon::start_with(
+        &dir.path().join("b"),
+        &["--config", config.to_str().unwrap()],
+    );
+    b.ferry(&["site", "init", "--name", "site-b"]).ok();
+    b.ferry(&["partner", "pair", &token(&c, "15m")]).ok();
+    let on_c = c.json(&["partner", "show", "site-b"]);
+    assert_eq!(on_c["address"], "[::1]:7421", "{on_c}");
+
+    // junk is refused at start, like any bad flag or config value
+    for junk in ["no-port", "::1:7411", "host:0", "host:65536", "a/b:1", ""] {
+        let (code, err) = ferryd_refuses(&dir.path().join("never"), &["--partner-advertise", junk]);
+        assert_eq!(code, 2, "--partner-advertise {junk:?}: {err}");
+        assert!(
+            err.contains("--partner-advertise") && err.contains("is not HOST:PORT"),
+            "{junk:?}: {err}"
+        );
+    }
+    std::fs::write(&config, "partner_advertise = \"no-port\"\n").unwrap();
+    let (code, err) = ferryd_refuses(
+        &dir.path().join("never"),
+        &["--config", config.to_str().unwrap()],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("config key partner_advertise") && err.contains("is not HOST:PORT"),
+        "{err}"
+    );
+    assert!(!dir.path().join("never").exists());
+    // and --help says what it is
+    let help = std::process::Command::new(common::ferryd_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("--partner-advertise <HOST:PORT>"), "{help}");
+}

@@ -12,7 +12,8 @@
 //! Partners (other sites paired with this one) reach it on a separate
 //! listener, `--partner-listen` (default 127.0.0.1:7411), always HTTPS,
 //! where a client certificate must come from a paired partner's CA (see
-//! `partner.rs`).
+//! `partner.rs`). Pairing tells partners the bound address, or the one
+//! `--partner-advertise` gives (a proxy or NAT in front of the listener).
 //!
 //! The API speaks HTTPS on any address that is not loopback; on loopback it
 //! speaks plain HTTP unless `--tls` (`tls = true`) asks for HTTPS. There is no
@@ -71,6 +72,12 @@ struct Args {
     /// certificates; default 127.0.0.1:7411)
     #[arg(long, value_name = "ADDR")]
     partner_listen: Option<SocketAddr>,
+    /// The address partners are told to reach the partner listener at, in
+    /// pairing tokens and pairing requests (HOST:PORT, e.g. a proxy or NAT in
+    /// front of this site; default: the bound address, or the hostname for
+    /// an unspecified IP)
+    #[arg(long, value_name = "HOST:PORT", value_parser = partner::parse_advertised)]
+    partner_advertise: Option<String>,
     /// Serve HTTPS on a loopback API address too (any other address always serves HTTPS)
     #[arg(long)]
     tls: bool,
@@ -79,7 +86,7 @@ struct Args {
     #[arg(long = "tls-name", value_name = "NAME")]
     tls_names: Vec<String>,
     /// TOML file with any of the keys data, api, nbd, nbd_unix, nbd_tls, nbd_workers,
-    /// partner_listen, tls, tls_names
+    /// partner_listen, partner_advertise, tls, tls_names
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -94,6 +101,7 @@ struct Config {
     nbd_tls: Option<String>,
     nbd_workers: Option<u16>,
     partner_listen: Option<SocketAddr>,
+    partner_advertise: Option<String>,
     tls: Option<bool>,
     tls_names: Option<Vec<String>>,
 }
@@ -115,6 +123,12 @@ struct NbdOptions {
     unix: Option<PathBuf>,
     tls: ferry_nbd::TlsMode,
     workers: usize,
+}
+
+/// Where partners connect, and the address they are told.
+struct PartnerOptions {
+    listen: SocketAddr,
+    advertise: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -164,6 +178,19 @@ fn main() -> Result<()> {
         .partner_listen
         .or(config.partner_listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7411)));
+    let partner_advertise = match (args.partner_advertise, config.partner_advertise) {
+        (Some(a), _) => Some(a),
+        (None, Some(s)) => Some(
+            partner::parse_advertised(&s)
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("config key partner_advertise")?,
+        ),
+        (None, None) => None,
+    };
+    let peers = PartnerOptions {
+        listen: partner_listen,
+        advertise: partner_advertise,
+    };
     // Plain HTTP never leaves the machine: only a loopback address may skip TLS.
     let https = args.tls || config.tls.unwrap_or(false) || !api.ip().is_loopback();
     // The flag's names replace the config file's, like every other flag.
@@ -177,7 +204,7 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?
-        .block_on(run(data, api, https, tls_names, nbd, partner_listen))
+        .block_on(run(data, api, https, tls_names, nbd, peers))
 }
 
 /// Makes or checks the TLS material and says what clients need to trust.
@@ -224,7 +251,7 @@ async fn run(
     https: bool,
     tls_names: Vec<String>,
     nbd: NbdOptions,
-    partner_listen: SocketAddr,
+    peers: PartnerOptions,
 ) -> Result<()> {
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     let store = ferry_store::Store::open(&data)
@@ -299,12 +326,12 @@ async fn run(
             if let Some(why) = &material.issued {
                 tracing::info!("issued the site's client certificate: {why}");
             }
-            let listener = tokio::net::TcpListener::bind(partner_listen)
+            let listener = tokio::net::TcpListener::bind(peers.listen)
                 .await
-                .with_context(|| format!("listening for partners on {partner_listen}"))?;
+                .with_context(|| format!("listening for partners on {}", peers.listen))?;
             let bound = listener.local_addr()?;
-            let link =
-                std::sync::Arc::new(partner::Link::new(&material, partner::advertised(bound)));
+            let advertised = partner::advertised(bound, peers.advertise.as_deref());
+            let link = std::sync::Arc::new(partner::Link::new(&material, advertised));
             state.set_site_link(link.clone());
             let fences = replication::Fences::default();
             let replicator =
@@ -353,8 +380,13 @@ async fn run(
     let partner_task = match partners {
         Some((listener, router, transport)) => {
             println!(
-                "ferryd: partner listener on https://{} (site {site})",
-                listener.local_addr()?
+                "ferryd: partner listener on https://{} (site {site}{})",
+                listener.local_addr()?,
+                peers
+                    .advertise
+                    .as_ref()
+                    .map(|a| format!(", advertised as {a}"))
+                    .unwrap_or_default()
             );
             let mut rx = stop_rx.clone();
             Some(tokio::spawn(async move {

@@ -738,15 +738,33 @@ async fn accept(
     ))
 }
 
-/// The address partners are told to reach this site at: the bound one,
-/// with the hostname for an unspecified IP.
-pub fn advertised(bound: std::net::SocketAddr) -> String {
+/// The address partners are told to reach this site at: the configured
+/// one (`--partner-advertise`), else the bound one, with the hostname for
+/// an unspecified IP.
+pub fn advertised(bound: std::net::SocketAddr, configured: Option<&str>) -> String {
+    if let Some(a) = configured {
+        return a.to_owned();
+    }
     if bound.ip().is_unspecified()
         && let Some(h) = tls::hostname()
     {
         return format!("{h}:{}", bound.port());
     }
     bound.to_string()
+}
+
+/// Checks an address to advertise (`--partner-advertise`): `HOST:PORT` as
+/// a pairing token carries it, an IPv6 address in brackets.
+pub fn parse_advertised(s: &str) -> Result<String, String> {
+    let bracketed = |host: &str| host.starts_with('[') && host.ends_with(']');
+    match s.rsplit_once(':') {
+        Some((host, _)) if address_ok(s) && (!host.contains(':') || bracketed(host)) => {
+            Ok(s.to_owned())
+        }
+        _ => Err(format!(
+            "{s:?} is not HOST:PORT (a host name or IP address, an IPv6 address in brackets, and a port from 1 to 65535)"
+        )),
+    }
 }
 
 /// A valid site name made from the hostname: lowercase, other characters
@@ -775,6 +793,36 @@ pub fn default_site_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn advertised_addresses_are_host_and_port() {
+        for ok in [
+            "10.0.0.2:7411",
+            "site-a.example:1",
+            "[::1]:7411",
+            "[fe80::1]:65535",
+        ] {
+            assert_eq!(parse_advertised(ok).as_deref(), Ok(ok));
+        }
+        for bad in [
+            "",
+            "nohost",
+            ":7411",
+            "site-a:0",
+            "site-a:65536",
+            "site-a:x",
+            "::1:7411",
+            "a b:1",
+            "h/p:1",
+            "user@h:1",
+        ] {
+            let e = parse_advertised(bad).unwrap_err();
+            assert!(e.contains("is not HOST:PORT"), "{bad:?}: {e}");
+        }
+        let bound = "127.0.0.1:7411".parse().unwrap();
+        assert_eq!(advertised(bound, None), "127.0.0.1:7411");
+        assert_eq!(advertised(bound, Some("proxy:7000")), "proxy:7000");
+    }
 
     #[test]
     fn default_site_name_is_valid() {

@@ -3,8 +3,15 @@
 //! No sleeps anywhere: a daemon is ready when it prints its "API listening"
 //! line, stopped when its stdout closes and it is reaped. Every wait has a
 //! deadline so that a hung daemon fails the test instead of hanging it.
+//!
+//! A daemon may run in a network namespace ([`netns`]): then it and every
+//! client the helper runs for it (`ferry`, [`Daemon::client`] for qemu-img
+//! and the like) go through `ip netns exec NS`, which execs, so the child's
+//! pid is the program's own. The test process stays in its namespace.
 
 #![allow(dead_code)]
+
+pub mod netns;
 
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
@@ -23,7 +30,17 @@ pub fn ferry_bin() -> PathBuf {
 }
 
 pub fn ferryd_bin() -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_ferry")).with_file_name("ferryd");
+    workspace_bin("ferryd")
+}
+
+/// The `ferry-faultproxy` binary (crates/ferry-faultproxy).
+pub fn faultproxy_bin() -> PathBuf {
+    workspace_bin("ferry-faultproxy")
+}
+
+/// A binary of another workspace crate, next to `ferry`'s.
+fn workspace_bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_ferry")).with_file_name(name);
     if !p.exists() {
         panic!(
             "{} is missing; build it first: cargo build --workspace --bins",
@@ -31,6 +48,18 @@ pub fn ferryd_bin() -> PathBuf {
         );
     }
     p
+}
+
+/// `program` run in network namespace `netns` (`ip netns exec`), or as is.
+pub fn command_in(netns: Option<&str>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.arg("netns").arg("exec").arg(ns).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// A running ferryd; killed (and reaped) when dropped.
@@ -50,6 +79,8 @@ pub struct Daemon {
     pub admin: String,
     /// What ferryd printed on stdout up to and including "API listening".
     pub startup: Vec<String>,
+    /// The network namespace it runs in (None: the test's own).
+    pub netns: Option<String>,
     log: PathBuf,
 }
 
@@ -57,28 +88,35 @@ impl Daemon {
     /// Starts ferryd on a free port with its store in `data` and waits until
     /// it listens. Its stderr goes to `DATA.log` next to the data directory.
     pub fn start(data: &Path) -> Daemon {
-        Daemon::spawn(data, &[], &[])
+        Daemon::spawn(data, &[], &[], None)
     }
 
     /// Like [`Daemon::start`] with more flags; `--api`, `--nbd` and
     /// `--partner-listen` are `127.0.0.1:0` unless `args` give them.
     pub fn start_with(data: &Path, args: &[&str]) -> Daemon {
-        Daemon::spawn(data, args, &[])
+        Daemon::spawn(data, args, &[], None)
     }
 
     /// [`Daemon::start`] with extra environment variables for ferryd.
     pub fn start_with_env(data: &Path, env: &[(&str, &Path)]) -> Daemon {
-        Daemon::spawn(data, &[], env)
+        Daemon::spawn(data, &[], env, None)
     }
 
-    fn spawn(data: &Path, args: &[&str], env: &[(&str, &Path)]) -> Daemon {
+    /// [`Daemon::start_with`] in network namespace `netns`; the `ferry`
+    /// commands and [`Daemon::client`]s of the result run there too.
+    /// [`Daemon::http`] does not (it connects from the test's namespace).
+    pub fn start_in(netns: &str, data: &Path, args: &[&str]) -> Daemon {
+        Daemon::spawn(data, args, &[], Some(netns))
+    }
+
+    fn spawn(data: &Path, args: &[&str], env: &[(&str, &Path)], netns: Option<&str>) -> Daemon {
         let log = data.with_extension("log");
         let stderr = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("opening the daemon log");
-        let mut command = Command::new(ferryd_bin());
+        let mut command = command_in(netns, ferryd_bin());
         if !args.contains(&"--api") {
             command.arg("--api").arg("127.0.0.1:0");
         }
@@ -120,6 +158,7 @@ impl Daemon {
             data: data.to_path_buf(),
             admin: String::new(),
             startup: Vec::new(),
+            netns: netns.map(str::to_owned),
             log,
         };
         let deadline = Instant::now() + PATIENCE;
@@ -198,6 +237,12 @@ impl Daemon {
         self.wait_exit(Vec::new())
     }
 
+    /// SIGKILL (a crash), then reaps it; returns how it ended.
+    pub fn kill(&mut self) -> ExitStatus {
+        self.child.kill().expect("sending SIGKILL to ferryd");
+        self.child.wait().expect("reaping ferryd")
+    }
+
     /// Sends SIGTERM and returns at once.
     pub fn sigterm(&self) {
         let status = Command::new("sh")
@@ -265,10 +310,16 @@ impl Daemon {
         c
     }
 
+    /// `program` as a client of this daemon: in its network namespace, if
+    /// it runs in one. Not yet run.
+    pub fn client(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        command_in(self.netns.as_deref(), program)
+    }
+
     /// A `ferry` command with none of the runner's FERRY_* settings, run
-    /// beside the data directory.
+    /// beside the data directory (in the daemon's network namespace).
     pub fn command(&self) -> Command {
-        let mut c = Command::new(ferry_bin());
+        let mut c = self.client(ferry_bin());
         c.env_remove("FERRY_SERVER")
             .env_remove("FERRY_TOKEN")
             .env_remove("FERRY_TOKEN_FILE")
@@ -319,6 +370,11 @@ impl Daemon {
 
     /// One raw HTTP/1.1 request; see [`http`].
     pub fn http(&self, method: &str, path: &str, token: Option<&str>, body: &[u8]) -> Reply {
+        assert!(
+            self.netns.is_none(),
+            "Daemon::http connects from the test's network namespace, not {:?}",
+            self.netns
+        );
         http(&self.addr, method, path, token, body)
     }
 }
