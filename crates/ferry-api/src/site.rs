@@ -137,6 +137,10 @@ pub struct ReplicationStats {
     pub bytes_changed: u64,
     /// Changed bytes still to send in the running cycle.
     pub pending_bytes: u64,
+    /// How the last new point was taken: `app`, or `crash` with the reason
+    /// when an application-consistent one was due.
+    #[serde(default)]
+    pub last_consistency: Option<String>,
     /// The last successful cycle: bytes on the wire per second, and seconds.
     pub last_throughput: f64,
     pub last_cycle_seconds: f64,

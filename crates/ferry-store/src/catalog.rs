@@ -54,6 +54,10 @@ pub(crate) struct GroupRec {
     pub slots: BTreeMap<String, VolumeId>,
     pub tags: BTreeMap<String, String>,
     pub created: u64,
+    /// Commands that freeze and thaw the group's application around an
+    /// application-consistent snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<crate::store::GroupHooks>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

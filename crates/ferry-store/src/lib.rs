@@ -38,10 +38,10 @@ pub use progress::Progress;
 pub use roaring::RoaringBitmap;
 pub use store::{
     CycleStart, Demotion, DiffEnd, ExportDisk, ExportInfo, ExportKind, ExportSpec, FROZEN_TAG,
-    GcOutcome, GroupInfo, MemberInfo, NewPartner, PairingRefusal, PartialCycle, PartnerInfo,
-    Promotion, REPLICA_TAG, RecoveryPoint, ReplicaCycle, ReplicaStart, ReplicationInfo,
-    ReplicationSettings, SnapshotInfo, SpaceInfo, Store, SyncReport, Target, VolumeInfo,
-    failover_test_group,
+    GcOutcome, GroupHooks, GroupInfo, MemberInfo, NewPartner, PairingRefusal, PartialCycle,
+    PartnerInfo, Promotion, REPLICA_TAG, RecoveryPoint, ReplicaCycle, ReplicaStart,
+    ReplicationInfo, ReplicationSettings, SnapshotInfo, SpaceInfo, Store, SyncReport, Target,
+    VolumeInfo, failover_test_group,
 };
 pub use types::{
     BLOCK_SIZE, ExportId, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId,

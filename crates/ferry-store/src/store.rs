@@ -31,6 +31,7 @@ mod partners;
 mod replication;
 
 pub use exports::{ExportDisk, ExportInfo, ExportKind, ExportSpec};
+// GroupHooks is defined here, beside GroupInfo.
 pub use partners::{NewPartner, PairingRefusal, PartnerInfo};
 pub use replication::{
     CycleStart, Demotion, FROZEN_TAG, PartialCycle, Promotion, REPLICA_TAG, RecoveryPoint,
@@ -87,6 +88,23 @@ pub struct GroupInfo {
     pub slots: BTreeMap<String, String>,
     pub tags: BTreeMap<String, String>,
     pub created: u64,
+    /// The freeze and thaw commands of application-consistent snapshots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<GroupHooks>,
+}
+
+/// A group's hooks: shell commands the daemon runs (as itself, with
+/// `FERRY_GROUP` set) before and after an application-consistent snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupHooks {
+    /// Freezes the application; a failure or a timeout makes the snapshot
+    /// crash-consistent instead (and says so).
+    pub pre: String,
+    /// Thaws it; always run once `pre` was started.
+    pub post: String,
+    /// Seconds each command may take.
+    pub timeout_secs: u64,
 }
 
 /// One volume of a snapshot.
@@ -503,6 +521,7 @@ impl Store {
             slots: map,
             tags: BTreeMap::new(),
             created: now(),
+            hooks: None,
         };
         cat.commit(vec![Change::PutGroup(rec.clone())])?;
         Ok(group_info(&cat.state, &rec))
@@ -551,10 +570,46 @@ impl Store {
     pub fn set_tags(&self, group: &str, tags: BTreeMap<String, String>) -> Result<GroupInfo> {
         for (k, v) in &tags {
             validate_tag(k, v)?;
+            if k.starts_with("ferry.") {
+                return Err(StoreError::Invalid(
+                    "tags starting with \"ferry.\" are ferry's own (replica, frozen)",
+                ));
+            }
         }
         let mut cat = self.catalog();
         let mut rec = self.group_rec(&cat.state, group)?;
+        // ferry's own tags stay whatever the caller sends.
+        let own: Vec<(String, String)> = rec
+            .tags
+            .iter()
+            .filter(|(k, _)| k.starts_with("ferry."))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         rec.tags = tags;
+        rec.tags.extend(own);
+        cat.commit(vec![Change::PutGroup(rec.clone())])?;
+        Ok(group_info(&cat.state, &rec))
+    }
+
+    /// Sets (or clears) a group's freeze and thaw hooks.
+    pub fn set_group_hooks(&self, group: &str, hooks: Option<GroupHooks>) -> Result<GroupInfo> {
+        if let Some(h) = &hooks {
+            for c in [&h.pre, &h.post] {
+                if c.trim().is_empty() || c.len() > 4096 || c.contains('\0') {
+                    return Err(StoreError::Invalid(
+                        "a hook is a non-empty shell command of at most 4096 bytes",
+                    ));
+                }
+            }
+            if !(1..=3600).contains(&h.timeout_secs) {
+                return Err(StoreError::Invalid(
+                    "a hook's timeout is between 1 and 3600 seconds",
+                ));
+            }
+        }
+        let mut cat = self.catalog();
+        let mut rec = self.group_rec(&cat.state, group)?;
+        rec.hooks = hooks;
         cat.commit(vec![Change::PutGroup(rec.clone())])?;
         Ok(group_info(&cat.state, &rec))
     }
@@ -909,6 +964,7 @@ impl Store {
             slots,
             tags: BTreeMap::new(),
             created: now(),
+            hooks: None,
         };
         changes.push(Change::PutGroup(grec.clone()));
         let result = cat.commit(changes);
@@ -1571,6 +1627,7 @@ fn group_info(state: &crate::catalog::CatalogState, g: &GroupRec) -> GroupInfo {
             .collect(),
         tags: g.tags.clone(),
         created: g.created,
+        hooks: g.hooks.clone(),
     }
 }
 

@@ -191,6 +191,21 @@ enum GroupCmd {
         #[arg(value_name = "KEY=VALUE")]
         tags: Vec<String>,
     },
+    /// Set the shell commands that freeze and thaw the group's application
+    /// around application-consistent snapshots (run by ferryd, as itself,
+    /// with FERRY_GROUP set), or --clear them
+    Hooks {
+        name: String,
+        #[arg(long, required_unless_present = "clear", requires = "post")]
+        pre: Option<String>,
+        #[arg(long, required_unless_present = "clear", requires = "pre")]
+        post: Option<String>,
+        /// How long each may take: 30s (default), 2m, or seconds
+        #[arg(long, default_value = "30s")]
+        timeout: String,
+        #[arg(long, conflicts_with_all = ["pre", "post"])]
+        clear: bool,
+    },
     /// Put a volume into a slot: `ferry group slot-set GROUP SLOT VOLUME`
     SlotSet {
         name: String,
@@ -595,6 +610,30 @@ async fn run(cli: Cli) -> Result<i32> {
                         .put(&format!("/v1/groups/{}/tags", seg(&name)?), &body)
                         .await?,
                     &["name", "tags"],
+                );
+            }
+            GroupCmd::Hooks {
+                name,
+                pre,
+                post,
+                timeout,
+                clear,
+            } => {
+                let body = if clear {
+                    serde_json::json!({ "pre": null, "post": null })
+                } else {
+                    serde_json::json!({
+                        "pre": pre,
+                        "post": post,
+                        "timeout_seconds": partner::parse_secs("--timeout", &timeout)?,
+                    })
+                };
+                print_object(
+                    out,
+                    &client
+                        .put(&format!("/v1/groups/{}/hooks", seg(&name)?), &body)
+                        .await?,
+                    &["name", "hooks"],
                 );
             }
             GroupCmd::SlotSet { name, slot, volume } => {

@@ -15,6 +15,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("group show", "group.get"),
     ("group delete", "group.delete"),
     ("group tag", "group.set_tags"),
+    ("group hooks", "group.set_hooks"),
     ("group slot-set", "group.set_slot"),
     ("group slot-remove", "group.remove_slot"),
     ("snapshot list", "snapshot.list"),

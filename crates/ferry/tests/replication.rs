@@ -693,3 +693,94 @@ fn a_seed_file_carries_the_initial_copy_and_the_network_sends_only_what_follows(
     assert_eq!(s5["state"], "scheduled", "{s5}");
     assert!(s5["settings"]["start_at"].as_u64().is_some(), "{s5}");
 }
+
+#[test]
+fn application_consistent_points_run_the_group_hooks_and_fall_back_to_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"));
+    let b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    a.ferry(&["volume", "create", "vm6-disk", "--size", "4M"])
+        .ok();
+    a.ferry(&["group", "create", "vm6", "--slot", "disk=vm6-disk"])
+        .ok();
+    let log = dir.path().join("hooks.log");
+    let log_s = log.to_str().unwrap();
+    let pre = format!("echo pre-$FERRY_GROUP >> {log_s}");
+    let post = format!("echo post-$FERRY_GROUP >> {log_s}");
+    refused(
+        &a,
+        &[
+            "group",
+            "hooks",
+            "vm6",
+            "--pre",
+            &pre,
+            "--post",
+            &post,
+            "--timeout",
+            "0",
+        ],
+        "timeout",
+    );
+    a.ferry(&["group", "hooks", "vm6", "--pre", &pre, "--post", &post])
+        .ok();
+    assert_eq!(
+        a.json(&["group", "show", "vm6"])["hooks"]["timeout_secs"],
+        30
+    );
+    // ferry's own tags cannot be set by hand
+    refused(&a, &["group", "tag", "vm6", "ferry.frozen=yes"], "ferry.");
+    a.ferry(&[
+        "replication",
+        "enable",
+        "vm6",
+        "--partner",
+        "site-b",
+        "--interval",
+        "1h",
+        "--app-every",
+        "1",
+    ])
+    .ok();
+    wait_for("the first point", || points(&b, "vm6").len() == 1);
+    let kinds = |d: &Daemon| -> Vec<String> {
+        d.json(&["recovery-point", "list", "vm6"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(kinds(&b), ["app"]);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre-vm6\npost-vm6\n"
+    );
+    wait_for("its acknowledgement", || {
+        status(&a, "vm6")["last_point"] == "repl-1"
+    });
+    assert_eq!(status(&a, "vm6")["stats"]["last_consistency"], "app");
+
+    // a failing freeze: the point is crash-consistent, says so, and the
+    // thaw still runs
+    a.ferry(&["group", "hooks", "vm6", "--pre", "exit 3", "--post", &post])
+        .ok();
+    a.ferry(&["replication", "run", "vm6"]).ok();
+    wait_for("the second point", || points(&b, "vm6").len() == 2);
+    assert_eq!(kinds(&b), ["app", "crash"]);
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre-vm6\npost-vm6\npost-vm6\n"
+    );
+    wait_for("its acknowledgement", || {
+        status(&a, "vm6")["last_point"] == "repl-2"
+    });
+    let note = status(&a, "vm6")["stats"]["last_consistency"].clone();
+    assert!(
+        note.as_str()
+            .unwrap()
+            .starts_with("crash: the pre hook failed"),
+        "{note}"
+    );
+}

@@ -601,14 +601,21 @@ impl Replicator {
 
     /// One cycle of `r`: returns (bytes on the wire, changed bytes).
     async fn send_cycle(&self, r: &ferry_store::ReplicationInfo) -> ApiResult<(u64, u64)> {
-        let store = self.store.clone();
-        let group = r.group.clone();
-        let start = blocking(move || {
-            store
-                .begin_cycle(&group, SnapshotKind::Crash)
-                .map_err(store_error)
-        })
-        .await?;
+        let app_due = r.pending_cycle.is_none()
+            && r.settings.app_every > 0
+            && r.next_cycle.is_multiple_of(u64::from(r.settings.app_every));
+        let start = if app_due {
+            self.begin_app_cycle(&r.group).await?
+        } else {
+            let store = self.store.clone();
+            let group = r.group.clone();
+            blocking(move || {
+                store
+                    .begin_cycle(&group, SnapshotKind::Crash)
+                    .map_err(store_error)
+            })
+            .await?
+        };
         let partner = {
             let store = self.store.clone();
             let name = start.partner.clone();
@@ -1511,5 +1518,90 @@ impl Replicator {
             Ok((out, differ, regions))
         })
         .await
+    }
+}
+
+// ----- application-consistent points -----
+
+/// Runs `cmd` with `sh -c`, `FERRY_GROUP` and `FERRY_HOOK` set; an error
+/// says why it failed (exit status, timeout, not started).
+fn run_hook(group: &str, phase: &str, cmd: &str, timeout: Duration) -> Result<(), String> {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env("FERRY_GROUP", group)
+        .env("FERRY_HOOK", phase)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("the {phase} hook did not start: {e}"))?;
+    let until = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => return Err(format!("the {phase} hook failed ({st})")),
+            Ok(None) if Instant::now() >= until => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "the {phase} hook took longer than {} s",
+                    timeout.as_secs()
+                ));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for the {phase} hook: {e}")),
+        }
+    }
+}
+
+impl Replicator {
+    /// A new cycle whose point should be application-consistent: the
+    /// group's pre hook (freeze), the snapshot, then the post hook (thaw),
+    /// always. Without hooks, or when the pre hook fails or times out, the
+    /// point is crash-consistent, and the figures say why.
+    async fn begin_app_cycle(&self, group: &str) -> ApiResult<ferry_store::CycleStart> {
+        let store = self.store.clone();
+        let g = group.to_owned();
+        let (start, note) = blocking(move || {
+            let hooks = store.group(&g).map_err(store_error)?.hooks;
+            let Some(h) = hooks else {
+                let s = store
+                    .begin_cycle(&g, SnapshotKind::Crash)
+                    .map_err(store_error)?;
+                return Ok((s, "crash: the group has no hooks".to_owned()));
+            };
+            let t = Duration::from_secs(h.timeout_secs);
+            let frozen = run_hook(&g, "pre", &h.pre, t);
+            let kind = if frozen.is_ok() {
+                SnapshotKind::App
+            } else {
+                SnapshotKind::Crash
+            };
+            let taken = store.begin_cycle(&g, kind).map_err(store_error);
+            // Thaw whatever happened.
+            let thawed = run_hook(&g, "post", &h.post, t);
+            let s = taken?;
+            let note = match (frozen, thawed) {
+                (Ok(()), Ok(())) => "app".to_owned(),
+                (Ok(()), Err(e)) => format!("app; but {e}"),
+                (Err(e), _) => format!("crash: {e}"),
+            };
+            Ok((s, note))
+        })
+        .await?;
+        if note != "app" {
+            tracing::warn!(
+                group,
+                "application-consistent point not taken as such: {note}"
+            );
+        }
+        self.figures
+            .lock()
+            .entry(group.to_owned())
+            .or_default()
+            .stats
+            .last_consistency = Some(note);
+        Ok(start)
     }
 }

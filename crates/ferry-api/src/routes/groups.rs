@@ -302,3 +302,74 @@ pub async fn plan_remove_slot(
     })
     .await
 }
+
+/// A group's hooks, or none to clear them.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetHooks {
+    /// Shell command that freezes the application (run by the daemon, as
+    /// itself, with `FERRY_GROUP` set); null clears both hooks.
+    #[schema(max_length = 4096)]
+    pre: Option<String>,
+    /// Shell command that thaws it; always run once `pre` was started.
+    #[schema(max_length = 4096)]
+    post: Option<String>,
+    /// Seconds each may take (default 30, at most 3600).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3600)]
+    timeout_seconds: Option<u64>,
+}
+
+fn hooks_of(req: SetHooks) -> ApiResult<Option<ferry_store::GroupHooks>> {
+    match (req.pre, req.post) {
+        (None, None) => Ok(None),
+        (Some(pre), Some(post)) => Ok(Some(ferry_store::GroupHooks {
+            pre,
+            post,
+            timeout_secs: req.timeout_seconds.unwrap_or(30),
+        })),
+        _ => Err(crate::error::ApiError::bad_request(
+            "give both pre and post, or neither to clear the hooks",
+        )
+        .field("post")),
+    }
+}
+
+pub async fn set_hooks(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<SetHooks>,
+) -> ApiResult<Json<GroupInfo>> {
+    let hooks = hooks_of(req)?;
+    blocking(move || Ok(Json(st.store().set_group_hooks(&name, hooks)?))).await
+}
+
+pub async fn plan_set_hooks(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<SetHooks>,
+) -> ApiResult<Json<Plan>> {
+    let hooks = hooks_of(req)?;
+    blocking(move || {
+        st.store().group(&name)?;
+        if let Some(h) = &hooks
+            && !(1..=3600).contains(&h.timeout_secs)
+        {
+            return Err(crate::error::ApiError::bad_request(
+                "timeout_seconds must be between 1 and 3600",
+            )
+            .field("timeout_seconds"));
+        }
+        Ok(plan(
+            "group.set_hooks",
+            vec![match &hooks {
+                Some(h) => format!(
+                    "group {name}: freeze with {:?}, thaw with {:?}, {} s each at most",
+                    h.pre, h.post, h.timeout_secs
+                ),
+                None => format!("group {name}: no hooks"),
+            }],
+        ))
+    })
+    .await
+}

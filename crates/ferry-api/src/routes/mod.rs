@@ -230,6 +230,17 @@ pub fn table() -> Vec<RouteInfo> {
         .no_content(),
         route(
             M::PUT,
+            "/v1/groups/{name}/hooks",
+            "group.set_hooks",
+            P::GroupWrite,
+            "Set (or clear) the commands that freeze and thaw a group's application for application-consistent snapshots",
+            groups::set_hooks,
+        )
+        .plan(groups::plan_set_hooks)
+        .body::<groups::SetHooks>()
+        .reply::<ferry_store::GroupInfo>(S::OK),
+        route(
+            M::PUT,
             "/v1/groups/{name}/tags",
             "group.set_tags",
             P::GroupWrite,

@@ -106,6 +106,8 @@ pub struct ReplicationInfo {
     pub last_point_created: Option<u64>,
     /// Source: the cycle being sent.
     pub pending_cycle: Option<u64>,
+    /// Source: the number the next new cycle takes.
+    pub next_cycle: u64,
     /// Replica: the cycle being received.
     pub partial: Option<PartialCycle>,
 }
@@ -197,6 +199,7 @@ fn info(state: &crate::catalog::CatalogState, r: &ReplicationRec) -> Replication
         last_point: last.map(|s| s.name.clone()),
         last_point_created: last.map(|s| s.created),
         pending_cycle: r.pending.as_ref().map(|p| p.cycle),
+        next_cycle: r.next_cycle,
         partial: r.partial.clone(),
     }
 }
