@@ -107,6 +107,26 @@ pub struct GroupHooks {
     pub timeout_secs: u64,
 }
 
+impl GroupHooks {
+    /// Refuses an empty or overlong command (over 4096 bytes, or with a
+    /// NUL) and a timeout outside 1..=3600 seconds.
+    pub fn check(&self) -> Result<()> {
+        for c in [&self.pre, &self.post] {
+            if c.trim().is_empty() || c.len() > 4096 || c.contains('\0') {
+                return Err(StoreError::Invalid(
+                    "a hook is a non-empty shell command of at most 4096 bytes",
+                ));
+            }
+        }
+        if !(1..=3600).contains(&self.timeout_secs) {
+            return Err(StoreError::Invalid(
+                "a hook's timeout is between 1 and 3600 seconds",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One volume of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -594,18 +614,7 @@ impl Store {
     /// Sets (or clears) a group's freeze and thaw hooks.
     pub fn set_group_hooks(&self, group: &str, hooks: Option<GroupHooks>) -> Result<GroupInfo> {
         if let Some(h) = &hooks {
-            for c in [&h.pre, &h.post] {
-                if c.trim().is_empty() || c.len() > 4096 || c.contains('\0') {
-                    return Err(StoreError::Invalid(
-                        "a hook is a non-empty shell command of at most 4096 bytes",
-                    ));
-                }
-            }
-            if !(1..=3600).contains(&h.timeout_secs) {
-                return Err(StoreError::Invalid(
-                    "a hook's timeout is between 1 and 3600 seconds",
-                ));
-            }
+            h.check()?;
         }
         let mut cat = self.catalog();
         let mut rec = self.group_rec(&cat.state, group)?;

@@ -309,10 +309,10 @@ pub async fn plan_remove_slot(
 pub struct SetHooks {
     /// Shell command that freezes the application (run by the daemon, as
     /// itself, with `FERRY_GROUP` set); null clears both hooks.
-    #[schema(max_length = 4096)]
+    #[schema(min_length = 1, max_length = 4096)]
     pre: Option<String>,
     /// Shell command that thaws it; always run once `pre` was started.
-    #[schema(max_length = 4096)]
+    #[schema(min_length = 1, max_length = 4096)]
     post: Option<String>,
     /// Seconds each may take (default 30, at most 3600).
     #[serde(default)]
@@ -323,11 +323,15 @@ pub struct SetHooks {
 fn hooks_of(req: SetHooks) -> ApiResult<Option<ferry_store::GroupHooks>> {
     match (req.pre, req.post) {
         (None, None) => Ok(None),
-        (Some(pre), Some(post)) => Ok(Some(ferry_store::GroupHooks {
-            pre,
-            post,
-            timeout_secs: req.timeout_seconds.unwrap_or(30),
-        })),
+        (Some(pre), Some(post)) => {
+            let h = ferry_store::GroupHooks {
+                pre,
+                post,
+                timeout_secs: req.timeout_seconds.unwrap_or(30),
+            };
+            h.check()?;
+            Ok(Some(h))
+        }
         _ => Err(crate::error::ApiError::bad_request(
             "give both pre and post, or neither to clear the hooks",
         )
@@ -352,14 +356,6 @@ pub async fn plan_set_hooks(
     let hooks = hooks_of(req)?;
     blocking(move || {
         st.store().group(&name)?;
-        if let Some(h) = &hooks
-            && !(1..=3600).contains(&h.timeout_secs)
-        {
-            return Err(crate::error::ApiError::bad_request(
-                "timeout_seconds must be between 1 and 3600",
-            )
-            .field("timeout_seconds"));
-        }
         Ok(plan(
             "group.set_hooks",
             vec![match &hooks {
