@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Result, StoreError};
-use crate::layer::{BlockState, Layer};
+use crate::layer::{BlockState, Layer, slot_byte};
 use crate::resolve::Resolver;
 use crate::types::{BLOCK, BLOCK_SIZE, VolumeId};
 
@@ -190,8 +190,13 @@ fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> So
     })
 }
 
-/// Reads `buf.len()` bytes at `offset` through a chain (bounds already checked),
-/// one read per run of blocks that come from the same layer's consecutive slots.
+/// Reads `buf.len()` bytes at `offset` through a chain (bounds already checked).
+///
+/// The blocks are first cut in runs that come from one layer's consecutive
+/// slots. Runs whose slots in turn sit side by side in the layer's file, in
+/// whatever order the request holds them (blocks first written by racing
+/// writers take slots in the order they arrived), are then read by one
+/// vectored read.
 fn read_chain(
     layers: &[Arc<Layer>],
     resolver: Option<&Resolver>,
@@ -200,6 +205,9 @@ fn read_chain(
 ) -> std::io::Result<()> {
     let end = offset + buf.len() as u64;
     let mut pos = offset;
+    // (layer, byte in its data file, where the bytes go)
+    let mut runs: Vec<(usize, u64, &mut [u8])> = Vec::new();
+    let mut rest = buf;
     while pos < end {
         let block = (pos / BLOCK_SIZE) as u32;
         let source = resolve(layers, resolver, block);
@@ -213,15 +221,36 @@ fn read_chain(
             next += 1;
         }
         let run_end = end.min(next * BLOCK_SIZE);
-        let out = &mut buf[(pos - offset) as usize..(run_end - offset) as usize];
+        let (out, tail) = std::mem::take(&mut rest).split_at_mut((run_end - pos) as usize);
+        rest = tail;
         match (source.state, source.slot) {
             (BlockState::Data, Some(slot)) => {
-                layers[source.layer].read_slots(out, slot, pos % BLOCK_SIZE)?
+                runs.push((source.layer, slot_byte(slot) + pos % BLOCK_SIZE, out))
             }
             // Zeros, nothing, or data zeroed by a racing trim.
             _ => out.fill(0),
         }
         pos = run_end;
+    }
+    if let [(layer, at, out)] = &mut runs[..] {
+        return layers[*layer].read_file(out, *at);
+    }
+    runs.sort_unstable_by_key(|&(layer, at, _)| (layer, at));
+    let mut rest = &mut runs[..];
+    while let Some(&(layer, at, _)) = rest.first() {
+        let mut next_at = at;
+        let n = rest
+            .iter()
+            .take_while(|(l, a, out)| {
+                let joins = *l == layer && *a == next_at;
+                next_at += out.len() as u64;
+                joins
+            })
+            .count();
+        let (these, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        let mut bufs: Vec<&mut [u8]> = these.iter_mut().map(|(_, _, out)| &mut **out).collect();
+        layers[layer].read_file_vectored(&mut bufs, at)?;
     }
     Ok(())
 }

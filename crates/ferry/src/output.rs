@@ -18,7 +18,7 @@ fn cell(key: &str, v: &Value) -> String {
         {
             n.as_u64().map_or_else(|| n.to_string(), human)
         }
-        Value::Number(n) if key == "created" => n
+        Value::Number(n) if matches!(key, "created" | "received") => n
             .as_u64()
             .map_or_else(|| n.to_string(), |t| rfc3339(t / 1_000_000_000)),
         Value::Number(n) if key == "time_ms" => n
@@ -146,5 +146,9 @@ mod tests {
         assert_eq!(super::human(1536 << 20), "1.5G");
         assert_eq!(super::human(1000), "1000");
         assert_eq!(super::human(4095), "4.0K");
+        // A recovery point's two times (nanoseconds) print alike.
+        let ns = serde_json::json!(1_795_463_225_000_000_000u64);
+        assert_eq!(super::cell("received", &ns), "2026-11-23T19:47:05Z");
+        assert_eq!(super::cell("created", &ns), super::cell("received", &ns));
     }
 }

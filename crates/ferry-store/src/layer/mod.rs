@@ -124,7 +124,8 @@ fn corrupt(what: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
-fn slot_offset(slot: u32) -> u64 {
+/// Where slot `slot` starts in a layer's data file.
+pub(crate) fn slot_byte(slot: u32) -> u64 {
     u64::from(slot) * BLOCK_SIZE
 }
 
@@ -278,9 +279,7 @@ impl Layer {
             let to = end.min((u64::from(block) + blocks) * BLOCK_SIZE);
             let out = &mut buf[(pos - offset) as usize..(to - offset) as usize];
             match run {
-                Some((slot, _)) => self
-                    .data
-                    .read_at(out, slot_offset(slot) + pos % BLOCK_SIZE)?,
+                Some((slot, _)) => self.data.read_at(out, slot_byte(slot) + pos % BLOCK_SIZE)?,
                 None => out.fill(0),
             }
             pos = to;
@@ -288,9 +287,15 @@ impl Layer {
         Ok(())
     }
 
-    /// Reads from slot `slot` onwards (a run [`lookup`](Self::lookup) found).
-    pub fn read_slots(&self, buf: &mut [u8], slot: u32, within: u64) -> io::Result<()> {
-        self.data.read_at(buf, slot_offset(slot) + within)
+    /// Reads the data file from byte `at` (within a run of slots
+    /// [`lookup`](Self::lookup) found; see [`slot_byte`]).
+    pub fn read_file(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        self.data.read_at(buf, at)
+    }
+
+    /// Like [`read_file`](Self::read_file), into several buffers in turn.
+    pub fn read_file_vectored(&self, bufs: &mut [&mut [u8]], at: u64) -> io::Result<()> {
+        self.data.read_vectored_at(bufs, at)
     }
 
     /// Writes whole blocks from `first`: in place where this layer holds the
@@ -344,10 +349,31 @@ impl Layer {
         for e in &fresh {
             placed.push((*e, bytes(e.block, e.len)));
         }
-        for (e, b) in &placed {
-            if let Err(e) = self.data.write_at(b, slot_offset(e.slot)) {
+        // Pieces whose slots follow each other go in one vectored write,
+        // in whatever order the request holds them.
+        placed.sort_unstable_by_key(|(e, _)| e.slot);
+        let mut rest = &placed[..];
+        while let Some((first, _)) = rest.first() {
+            let mut next = u64::from(first.slot);
+            let n = rest
+                .iter()
+                .take_while(|(e, _)| {
+                    let joins = u64::from(e.slot) == next;
+                    next += u64::from(e.len);
+                    joins
+                })
+                .count();
+            let written = match &rest[..n] {
+                [(e, b)] => self.data.write_at(b, slot_byte(e.slot)),
+                these => {
+                    let bufs: Vec<&[u8]> = these.iter().map(|(_, b)| *b).collect();
+                    self.data.write_vectored_at(&bufs, slot_byte(first.slot))
+                }
+            };
+            if let Err(e) = written {
                 return self.fail(e);
             }
+            rest = &rest[n..];
         }
         if !fresh.is_empty() {
             let mut m = self.map.write();
@@ -461,7 +487,7 @@ impl Layer {
         let Some(slot) = self.map.read().alloc.slots.get(block) else {
             return Ok(false);
         };
-        match self.data.write_at(bytes, slot_offset(slot) + at) {
+        match self.data.write_at(bytes, slot_byte(slot) + at) {
             Ok(()) => Ok(true),
             Err(e) => self.fail(e),
         }
@@ -558,7 +584,7 @@ impl Layer {
         for (slot, len) in journal::runs(freed.iter()) {
             if let Err(e) = self
                 .data
-                .punch_hole(slot_offset(slot), u64::from(len) * BLOCK_SIZE)
+                .punch_hole(slot_byte(slot), u64::from(len) * BLOCK_SIZE)
             {
                 // The slot is reused all the same; only its space waits.
                 tracing::debug!(layer = %self.id, error = %e, "punching freed slots failed");

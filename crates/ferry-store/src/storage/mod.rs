@@ -40,6 +40,26 @@ pub trait StorageFile: Send + Sync + Debug + 'static {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Writes all of `buf` at `offset`, growing the file when needed.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Fills `bufs` in turn from the bytes that follow `offset` (`preadv`):
+    /// one call for pieces of a request that sit side by side in the file
+    /// but not in the request. Past the end reads as zeros.
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs.iter_mut() {
+            self.read_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
+    /// Writes `bufs` in turn from `offset` on (`pwritev`).
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+        let mut at = offset;
+        for b in bufs {
+            self.write_at(b, at)?;
+            at += b.len() as u64;
+        }
+        Ok(())
+    }
     /// Makes every completed write durable (`fdatasync`).
     fn sync_data(&self) -> io::Result<()>;
     /// Deallocates a range, which then reads as zeros. The file keeps its length.
