@@ -7,13 +7,18 @@
 #   goals: ferry >= 1.0x nbdkit on all four; with 16 snapshots in the chain
 #          >= 0.9x of ferry's own flat figures; server CPU per 4 KiB op <= nbdkit's
 #
-#   bash bench/nbd.sh                         # ~20 s per job and target
-#   FERRY_BENCH_RUNTIME=5 bash bench/nbd.sh   # quicker, noisier
+#   bash bench/nbd.sh                         # 3 rounds of 10 s per job and target
+#   FERRY_BENCH_RUNTIME=5 FERRY_BENCH_ROUNDS=1 bash bench/nbd.sh   # quicker, noisier
+# Each job runs in rounds, every target once per round, the first target
+# changing from round to round; a target's figure is its median round. On the
+# 2-core VM this was written on, one 10 s run of the same job on the same
+# server varied by up to 15 % over minutes: single runs decide nothing.
 #   FERRY_BENCH_DIR=/mnt/fast bash bench/nbd.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runtime="${FERRY_BENCH_RUNTIME:-20}"
+runtime="${FERRY_BENCH_RUNTIME:-10}"
+rounds="${FERRY_BENCH_ROUNDS:-3}"
 base="${FERRY_BENCH_DIR:-/tmp/ferry-bench}"
 size_gib=2
 
@@ -107,22 +112,37 @@ sync
 
 jobs=("randread 4k 32" "randwrite 4k 32" "read 1m 8" "write 1m 8")
 labels=("4 KiB random read QD32" "4 KiB random write QD32" "1 MiB sequential read QD8" "1 MiB sequential write QD8")
-declare -A res
+declare -A res runs
+# Column-wise medians of rounds "a b c;a b c;...".
+median() {
+    python3 -c '
+import statistics, sys
+rows = [list(map(float, r.split())) for r in sys.argv[1].split(";") if r.strip()]
+print(" ".join(f"{statistics.median(c):.2f}" for c in zip(*rows)))' "$1"
+}
 # One job at a time on every target in turn, each run starting with no dirty
 # pages left by an earlier one (`sync`): whoever runs first would otherwise
 # pay for the write-back of everyone's fill and earlier jobs.
 measure_job() { # index tag port pid [tag port pid ...]
-    local i=$1 rw bs depth
+    local i=$1 rw bs depth round k t n r
     shift
     read -r rw bs depth <<<"${jobs[$i]}"
-    while [ $# -gt 0 ]; do
-        sync
-        res[$1,$i]="$(fio_run "$2" "$rw" "$rw" "$bs" "$depth" "$3")"
-        echo "  $1: ${labels[$i]}: ${res[$1,$i]}"
-        shift 3
+    local targets=("$@")
+    n=$((${#targets[@]} / 3))
+    for round in $(seq "$rounds"); do
+        for k in $(seq 0 $((n - 1))); do
+            t=$(((k + round - 1) % n * 3))
+            sync
+            r="$(fio_run "${targets[t + 1]}" "$rw" "$rw" "$bs" "$depth" "${targets[t + 2]}")"
+            runs[${targets[t]},$i]+="$r;"
+            echo "  ${targets[t]}: ${labels[$i]}, round $round: $r"
+        done
+    done
+    for k in $(seq 0 $((n - 1))); do
+        res[${targets[k * 3]},$i]="$(median "${runs[${targets[k * 3]},$i]}")"
     done
 }
-echo "measuring (${runtime} s per job, ops/s MiB/s server-CPU-µs/op) ..."
+echo "measuring (${rounds} rounds of ${runtime} s per job and target, ops/s MiB/s server-CPU-µs/op) ..."
 for i in "${!jobs[@]}"; do
     measure_job "$i" ferry "$port_ferry" "$ferry_pid" nbdkit "$port_nbdkit" "$nbdkit_pid" qemu "$port_qemu" "$qemu_pid"
 done
@@ -152,5 +172,5 @@ print(f"{label:<28} {f:>10.0f} {k:>10.0f} {q:>10.0f} {r(f, k):>9} {r(f, q):>9} {
 EOF
 done
 echo
-echo "ops/s per target; ratios are ferry / peer, and ferry with 16 snapshots / ferry flat."
+echo "ops/s per target (median of ${rounds} rounds); ratios are ferry / peer, and ferry with 16 snapshots / ferry flat."
 echo "goals: ferry/nbdkit >= 1.0x; 16 snaps >= 0.9x; ferry CPU/op <= nbdkit's for 4 KiB jobs"

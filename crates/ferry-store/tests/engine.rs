@@ -566,7 +566,7 @@ fn large_requests_over_blocks_in_shuffled_slots_read_and_write_every_byte_in_pla
     let v = store.volume("v").unwrap();
     let block = |b: u64, seed: u8| pattern(seed.wrapping_add(b as u8), 4096);
     let mut want = vec![0u8; (BLOCKS * 4096) as usize];
-    let mut put = |want: &mut Vec<u8>, b: u64, seed: u8| {
+    let put = |want: &mut Vec<u8>, b: u64, seed: u8| {
         let bytes = block(b, seed);
         v.write(&bytes, b * 4096, false).unwrap();
         want[(b * 4096) as usize..((b + 1) * 4096) as usize].copy_from_slice(&bytes);
@@ -581,7 +581,7 @@ fn large_requests_over_blocks_in_shuffled_slots_read_and_write_every_byte_in_pla
     // Every third block again, shuffled, into the new head.
     for i in 0..BLOCKS {
         let b = (i * 877) % BLOCKS;
-        if b % 3 == 0 {
+        if b.is_multiple_of(3) {
             put(&mut want, b, 2);
         }
     }

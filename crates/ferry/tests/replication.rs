@@ -279,9 +279,11 @@ fn cycles_ship_only_changes_into_recovery_points_equal_to_their_snapshots() {
         status(&a, "vm1")["last_point"].is_string()
     });
     let p4 = status(&a, "vm1")["last_point"].as_str().unwrap().to_owned();
-    // B already holds a point of that name from before: it adds -2
+    // numbering goes on where it stopped, so the names stay the same on
+    // both sides (B still holds repl-1 to repl-3)
+    assert_eq!(p4, "repl-4");
     let b4 = points(&b, "vm1").last().unwrap().clone();
-    assert_eq!(b4, format!("{p4}-2"));
+    assert_eq!(b4, p4);
     for slot in ["system", "data"] {
         let ua = export_point(&a, "vm1", &p4, slot);
         let ub = export_point(&b, "vm1", &b4, slot);
@@ -344,8 +346,21 @@ fn a_cycle_cut_by_killing_the_replica_resumes_where_it_stopped() {
             .as_u64()
             .unwrap_or(0)
     };
+    let pending = |d: &Daemon| {
+        status(d, "vm2")["stats"]["pending_bytes"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    wait_for("4 MiB on the wire", || sent(&a) > 4 << 20);
+    let early = pending(&a);
+    assert!(early > 0 && early < 48 << 20, "pending {early}");
     // past the replica's first checkpoint (16 MiB) and then some
     wait_for("20 MiB on the wire", || sent(&a) > 20 << 20);
+    let later = pending(&a);
+    assert!(
+        later + (12 << 20) <= early,
+        "pending bytes count down as the cycle sends: {early} then {later}"
+    );
     drop(b); // SIGKILL, mid-cycle
     assert!(points(&a, "vm2").is_empty());
     let b = Daemon::start_with(&db, &["--partner-listen", &b_partner]);
@@ -514,6 +529,7 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
         .as_u64()
         .unwrap_or(0);
     let (bs, ad) = cycle(&b, &a);
+    assert_eq!(bs, ad, "a point has one name on both sides");
     same_as(&b, &bs, &a, &ad);
     let changed = status(&b, "vm3")["stats"]["bytes_changed"]
         .as_u64()
@@ -542,6 +558,7 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
     qemu_io_refused(&b_disk, "write -P 0x09 0 4k");
     // and replication runs from A again
     let (asn, bd) = cycle(&a, &b);
+    assert_eq!(asn, bd, "a point has one name on both sides");
     same_as(&a, &asn, &b, &bd);
 }
 

@@ -334,15 +334,20 @@ async fn run(
             let link = std::sync::Arc::new(partner::Link::new(&material, advertised));
             state.set_site_link(link.clone());
             let fences = replication::Fences::default();
-            let replicator =
-                replication::Replicator::new(store.clone(), link.clone(), fences.clone());
+            let collector = replication::Collector::start(store.clone());
+            let replicator = replication::Replicator::new(
+                store.clone(),
+                link.clone(),
+                fences.clone(),
+                collector.clone(),
+            );
             link.set_replicator(&replicator);
             tokio::spawn(replicator.run(REPLICATION_PARALLEL, REPLICATION_INITIAL));
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(partner::server_config(&material, &store)?);
             Some((
                 listener,
-                partner::router(state.clone(), &material, fences),
+                partner::router(state.clone(), &material, fences, collector),
                 serve::Transport::Tls(acceptor),
             ))
         }

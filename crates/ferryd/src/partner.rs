@@ -555,6 +555,7 @@ pub(crate) struct PartnerState {
     provider: Arc<CryptoProvider>,
     /// Per replica group, which receiving connection may act.
     pub(crate) fences: crate::replication::Fences,
+    pub(crate) collector: crate::replication::Collector,
 }
 
 /// The partner listener's routes.
@@ -562,6 +563,7 @@ pub fn router(
     app: AppState,
     material: &PartnerMaterial,
     fences: crate::replication::Fences,
+    collector: crate::replication::Collector,
 ) -> Router {
     let state = PartnerState {
         app,
@@ -569,6 +571,7 @@ pub fn router(
         ca_fingerprint: material.ca_fingerprint.clone(),
         provider: tls::provider(),
         fences,
+        collector,
     };
     Router::new()
         .route("/partner/v1/hello", axum::routing::get(hello))

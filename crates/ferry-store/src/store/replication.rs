@@ -165,6 +165,32 @@ pub struct ReplicaCycle {
     pub resume: Option<String>,
 }
 
+/// The tag in which a group keeps its next cycle number while it is not
+/// replicated (after `disable` at the source), so numbering goes on where
+/// it stopped when replication is enabled again: the replica still holds
+/// the points named so far.
+pub const NEXT_CYCLE_TAG: &str = "ferry.next-cycle";
+
+/// The lowest cycle number whose point name (`repl-N`) no snapshot of the
+/// group has used: above every `repl-N` it holds and its tag's number.
+/// Points keep their numbers across disable and enable and when the
+/// direction turns around, so the two sides' names do not collide.
+fn next_point_number(state: &crate::catalog::CatalogState, g: &GroupRec) -> u64 {
+    let held = state
+        .snapshots
+        .values()
+        .filter(|s| s.owner == OwnerId::Group(g.id))
+        .filter_map(|s| s.name.strip_prefix("repl-")?.parse::<u64>().ok())
+        .max()
+        .map_or(1, |n| n.saturating_add(1));
+    let tagged = g
+        .tags
+        .get(NEXT_CYCLE_TAG)
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(1);
+    held.max(tagged)
+}
+
 /// `name`, or `name-2`, `name-3`, … : the first no snapshot of the group has.
 fn free_name(state: &crate::catalog::CatalogState, g: crate::types::GroupId, name: &str) -> String {
     let mut out = name.to_owned();
@@ -308,6 +334,9 @@ impl Store {
             let r = Self::replication_of(&cat.state, &g).ok_or_else(|| not_replicated(group))?;
             let out = info(&cat.state, &r);
             let mut changes = vec![Change::DelReplication(r.id)];
+            let mut g2 = g.clone();
+            let next = r.next_cycle.max(next_point_number(&cat.state, &g));
+            g2.tags.insert(NEXT_CYCLE_TAG.into(), next.to_string());
             if r.role == ReplicationRole::Source {
                 let mut ids: Vec<SnapshotId> = r.points.clone();
                 ids.extend(r.base);
@@ -323,10 +352,9 @@ impl Store {
                     }
                 }
             } else {
-                let mut g2 = g.clone();
                 g2.tags.remove(REPLICA_TAG);
-                changes.push(Change::PutGroup(g2));
             }
+            changes.push(Change::PutGroup(g2));
             cat.commit(changes)?;
             out
         };
@@ -360,7 +388,7 @@ impl Store {
             match pending {
                 Some(s) => (rec, s, true),
                 None => {
-                    let cycle = rec.next_cycle;
+                    let cycle = rec.next_cycle.max(next_point_number(&cat.state, &g));
                     let name = free_name(&cat.state, g.id, &format!("repl-{cycle}"));
                     let mut next = rec.clone();
                     let members = g.slots.clone();
@@ -439,47 +467,46 @@ impl Store {
     }
 
     /// The partner acknowledged `cycle`: its snapshot becomes the base and
-    /// the old base is deleted, in one transaction.
+    /// the old base and the points retention lets go are deleted, in one
+    /// transaction. Their space comes back at the caller's next
+    /// [`Store::collect_garbage`], which need not hold up the next cycle.
     pub fn finish_cycle(&self, group: &str, cycle: u64) -> Result<()> {
+        let mut cat = self.catalog();
+        let g = self.group_rec(&cat.state, group)?;
+        let mut rec = Self::replication_of(&cat.state, &g)
+            .filter(|r| r.role == ReplicationRole::Source)
+            .ok_or_else(|| not_replicated(group))?;
+        let Some(p) = rec.pending.clone().filter(|p| p.cycle == cycle) else {
+            return Err(StoreError::Conflict(format!(
+                "cycle {cycle} of group {group} is not the pending one"
+            )));
+        };
+        let mut changes = Vec::new();
+        if let Some(old) = rec.base
+            && !rec.points.contains(&old)
         {
-            let mut cat = self.catalog();
-            let g = self.group_rec(&cat.state, group)?;
-            let mut rec = Self::replication_of(&cat.state, &g)
-                .filter(|r| r.role == ReplicationRole::Source)
-                .ok_or_else(|| not_replicated(group))?;
-            let Some(p) = rec.pending.clone().filter(|p| p.cycle == cycle) else {
-                return Err(StoreError::Conflict(format!(
-                    "cycle {cycle} of group {group} is not the pending one"
-                )));
-            };
-            let mut changes = Vec::new();
-            if let Some(old) = rec.base
-                && !rec.points.contains(&old)
-            {
-                rec.points.push(old);
-            }
-            rec.points.push(p.snapshot);
-            let dated: Vec<(SnapshotId, u64)> = rec
-                .points
-                .iter()
-                .filter_map(|id| cat.state.snapshots.get(id).map(|s| (*id, s.created)))
-                .collect();
-            let keep = retained(&dated, &rec.settings, now());
-            for id in rec.points.iter().filter(|id| !keep.contains(id)) {
-                if cat.state.snapshots.contains_key(id) {
-                    changes.extend(cat.state.exports_of(
-                        |s| matches!(s, crate::catalog::ExportSource::Snapshot { id: e, .. } if e == id),
-                    ));
-                    changes.push(Change::DelSnapshot(*id));
-                }
-            }
-            rec.points.retain(|id| keep.contains(id));
-            rec.base = Some(p.snapshot);
-            rec.pending = None;
-            changes.push(Change::PutReplication(rec));
-            cat.commit(changes)?;
+            rec.points.push(old);
         }
-        self.collect_garbage()
+        rec.points.push(p.snapshot);
+        let dated: Vec<(SnapshotId, u64)> = rec
+            .points
+            .iter()
+            .filter_map(|id| cat.state.snapshots.get(id).map(|s| (*id, s.created)))
+            .collect();
+        let keep = retained(&dated, &rec.settings, now());
+        for id in rec.points.iter().filter(|id| !keep.contains(id)) {
+            if cat.state.snapshots.contains_key(id) {
+                changes.extend(cat.state.exports_of(
+                    |s| matches!(s, crate::catalog::ExportSource::Snapshot { id: e, .. } if e == id),
+                ));
+                changes.push(Change::DelSnapshot(*id));
+            }
+        }
+        rec.points.retain(|id| keep.contains(id));
+        rec.base = Some(p.snapshot);
+        rec.pending = None;
+        changes.push(Change::PutReplication(rec));
+        cat.commit(changes)
     }
 
     // ----- the replica -----
@@ -711,7 +738,9 @@ impl Store {
 
     /// The whole cycle arrived and verified: seals the heads into the
     /// recovery point `name` (the source's snapshot name) in the
-    /// transaction that records it.
+    /// transaction that records it. The points it lets go are deleted in
+    /// the same transaction; their space comes back at the caller's next
+    /// [`Store::collect_garbage`].
     pub fn replica_commit(
         &self,
         c: &ReplicaCycle,
@@ -755,6 +784,8 @@ impl Store {
             |s| {
                 let mut r = r;
                 r.base = Some(s.id);
+                // Numbering goes on from here should this side take over.
+                r.next_cycle = r.next_cycle.max(cycle.saturating_add(1));
                 r.source_ids.insert(s.id, p.source_point);
                 r.partial = None;
                 r.source_created.insert(s.id, source_created);
