@@ -427,25 +427,39 @@ impl Link {
 
     async fn call_hello(&self, p: &ferry_store::PartnerInfo) -> ApiResult<PartnerHello> {
         let http = self.partner_client(p, Some(PAIR_TIMEOUT))?;
-        let failed = |what: String| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "partner_unreachable",
-                format!("calling partner {} at {}: {what}", p.name, p.address),
-            )
-        };
-        let resp = http
+        let sent = http
             .get(format!("https://{}/partner/v1/hello", p.address))
             .send()
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            return Err(failed(format!("it answered {status}: {text}")));
-        }
-        resp.json().await.map_err(|e| failed(error_chain(&e)))
+            .await;
+        partner_json(
+            sent,
+            &format!("calling partner {} at {}", p.name, p.address),
+        )
+        .await
     }
+}
+
+/// A partner's JSON answer: failing to send, an answer other than success
+/// and a body that is not the JSON expected are all `partner_unreachable`
+/// (502), said after `context`.
+pub(crate) async fn partner_json<T: serde::de::DeserializeOwned>(
+    sent: Result<reqwest::Response, reqwest::Error>,
+    context: &str,
+) -> ApiResult<T> {
+    let failed = |what: String| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "partner_unreachable",
+            format!("{context}: {what}"),
+        )
+    };
+    let resp = sent.map_err(|e| failed(error_chain(&e)))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let text = resp.text().await.unwrap_or_default();
+        return Err(failed(format!("it answered {status}: {text}")));
+    }
+    resp.json().await.map_err(|e| failed(error_chain(&e)))
 }
 
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

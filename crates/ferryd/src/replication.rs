@@ -51,7 +51,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::partner::{Link, PartnerState, caller, error_chain};
+use crate::partner::{Link, PartnerState, caller, error_chain, partner_json};
 use crate::serve::PeerCertificates;
 
 /// Blocks applied between two checkpoints at the replica (16 MiB).
@@ -697,16 +697,14 @@ impl Replicator {
             )
         };
         let state: ReplicaStateReply = {
-            let resp = tokio::time::timeout(STALL, http.get(&base_url).send())
+            let sent = tokio::time::timeout(STALL, http.get(&base_url).send())
                 .await
-                .map_err(|_| failed("asking for the replica's state timed out".into()))?
-                .map_err(|e| failed(e.to_string()))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let text = resp.text().await.unwrap_or_default();
-                return Err(failed(format!("it answered {status}: {text}")));
-            }
-            resp.json().await.map_err(|e| failed(e.to_string()))?
+                .map_err(|_| failed("asking for the replica's state timed out".into()))?;
+            partner_json(
+                sent,
+                &format!("replicating {} to {}", r.group, partner.name),
+            )
+            .await?
         };
         let point_id = start.point.id.0;
         let mut start = start;
@@ -1077,25 +1075,16 @@ impl Replicator {
         })
         .await?;
         let http = self.link.partner_client(&p, Some(STALL))?;
-        let failed = |what: String| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "partner_unreachable",
-                format!("calling partner {} at {}: {what}", p.name, p.address),
-            )
-        };
-        let resp = http
+        let sent = http
             .post(format!("https://{}{path}", p.address))
             .json(&body)
             .send()
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let text = resp.text().await.unwrap_or_default();
-            return Err(failed(format!("it answered {status}: {text}")));
-        }
-        resp.json().await.map_err(|e| failed(error_chain(&e)))
+            .await;
+        partner_json(
+            sent,
+            &format!("calling partner {} at {}", p.name, p.address),
+        )
+        .await
     }
 
     /// Waits until no cycle of `group` is being sent (at most `patience`).

@@ -117,74 +117,27 @@ impl StorageFile for FsFile {
     }
 
     fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
-        let end = offset + bufs.iter().map(|b| b.len() as u64).sum::<u64>();
-        let mut done = Cursor::default();
-        let mut at = offset;
-        while at < end {
-            let mut iov = [EMPTY_IOV; IOV_BATCH];
-            let n = done.fill(bufs.iter_mut().map(|b| (b.as_mut_ptr(), b.len())), &mut iov);
-            let off = libc::off_t::try_from(at)
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            // SAFETY: every iovec points into a distinct buffer of `bufs`,
-            // which we borrow mutably for the whole call.
-            let got =
-                unsafe { libc::preadv(self.file.as_raw_fd(), iov.as_ptr(), n as libc::c_int, off) };
-            match got {
-                0 => {
-                    // End of file: the rest reads as zeros.
-                    let (i, skip) = (done.index, done.skip);
-                    for (k, b) in bufs.iter_mut().enumerate().skip(i) {
-                        b[if k == i { skip } else { 0 }..].fill(0);
-                    }
-                    return Ok(());
-                }
-                n if n > 0 => {
-                    done.advance(bufs.iter().map(|b| b.len()), n as usize);
-                    at += n as u64;
-                }
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
+        let parts: Vec<(*mut u8, usize)> =
+            bufs.iter_mut().map(|b| (b.as_mut_ptr(), b.len())).collect();
+        // SAFETY: the pointers come from `bufs`, distinct buffers borrowed
+        // mutably for the whole call.
+        if let Some(end) = unsafe { self.vectored(&parts, offset, false) }? {
+            // End of file: the rest reads as zeros.
+            for (k, b) in bufs.iter_mut().enumerate().skip(end.index) {
+                b[if k == end.index { end.skip } else { 0 }..].fill(0);
             }
         }
         Ok(())
     }
 
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
-        let end = offset + bufs.iter().map(|b| b.len() as u64).sum::<u64>();
-        let mut done = Cursor::default();
-        let mut at = offset;
-        while at < end {
-            let mut iov = [EMPTY_IOV; IOV_BATCH];
-            let n = done.fill(
-                bufs.iter().map(|b| (b.as_ptr().cast_mut(), b.len())),
-                &mut iov,
-            );
-            let off = libc::off_t::try_from(at)
-                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-            // SAFETY: every iovec points into a buffer of `bufs`, borrowed
-            // for the whole call; pwritev only reads them.
-            let put = unsafe {
-                libc::pwritev(self.file.as_raw_fd(), iov.as_ptr(), n as libc::c_int, off)
-            };
-            match put {
-                0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                n if n > 0 => {
-                    done.advance(bufs.iter().map(|b| b.len()), n as usize);
-                    at += n as u64;
-                }
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(())
+        let parts: Vec<(*mut u8, usize)> = bufs
+            .iter()
+            .map(|b| (b.as_ptr().cast_mut(), b.len()))
+            .collect();
+        // SAFETY: the pointers come from `bufs`, borrowed for the whole
+        // call; pwritev only reads them.
+        unsafe { self.vectored(&parts, offset, true) }.map(|_| ())
     }
 
     fn sync_data(&self) -> io::Result<()> {
@@ -285,6 +238,54 @@ impl Cursor {
 }
 
 impl FsFile {
+    /// `pwritev` (`write`) or `preadv` of `parts` (pointer, length) from
+    /// `offset` on, again after short transfers, until all are done;
+    /// returns where a read met the end of the file, if it did.
+    ///
+    /// # Safety
+    /// Every part must be valid for the transfer (writable for a read) and
+    /// no two may overlap, for the whole call.
+    unsafe fn vectored(
+        &self,
+        parts: &[(*mut u8, usize)],
+        offset: u64,
+        write: bool,
+    ) -> io::Result<Option<Cursor>> {
+        let end = offset + parts.iter().map(|(_, n)| *n as u64).sum::<u64>();
+        let mut done = Cursor::default();
+        let mut at = offset;
+        while at < end {
+            let mut iov = [EMPTY_IOV; IOV_BATCH];
+            let n = done.fill(parts.iter().copied(), &mut iov) as libc::c_int;
+            let off = libc::off_t::try_from(at)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            let fd = self.file.as_raw_fd();
+            // SAFETY: the iovecs point into the parts, valid per the caller.
+            let moved = unsafe {
+                if write {
+                    libc::pwritev(fd, iov.as_ptr(), n, off)
+                } else {
+                    libc::preadv(fd, iov.as_ptr(), n, off)
+                }
+            };
+            match moved {
+                0 if write => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                0 => return Ok(Some(done)),
+                m if m > 0 => {
+                    done.advance(parts.iter().map(|(_, len)| *len), m as usize);
+                    at += m as u64;
+                }
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
         let (Ok(off), Ok(length)) = (i64::try_from(offset), i64::try_from(len)) else {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
