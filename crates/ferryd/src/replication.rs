@@ -657,6 +657,7 @@ impl Replicator {
 
     /// One cycle of `r`: returns (bytes on the wire, changed bytes).
     async fn send_cycle(&self, r: &ferry_store::ReplicationInfo) -> ApiResult<(u64, u64)> {
+        let began = Instant::now();
         let app_due = r.pending_cycle.is_none()
             && r.settings.app_every > 0
             && r.next_cycle.is_multiple_of(u64::from(r.settings.app_every));
@@ -672,6 +673,7 @@ impl Replicator {
             })
             .await?
         };
+        let snapshot_secs = began.elapsed().as_secs_f64();
         let partner = {
             let store = self.store.clone();
             let name = start.partner.clone();
@@ -856,8 +858,24 @@ impl Replicator {
             return Err(failed(format!("it answered {status}: {text}")));
         }
         let point: RecoveryPoint = resp.json().await.map_err(|e| failed(e.to_string()))?;
-        tracing::info!(group = %r.group, partner = %partner.name, point = %point.name, bytes = sent, "cycle acknowledged");
+        tracing::info!(
+            group = %r.group,
+            partner = %partner.name,
+            point = %point.name,
+            bytes = sent,
+            snapshot_secs = format!("{snapshot_secs:.2}"),
+            acknowledged_secs = format!("{:.2}", began.elapsed().as_secs_f64()),
+            "cycle acknowledged"
+        );
+        let finishing = Instant::now();
         self.finish(&r.group, start.cycle).await?;
+        if finishing.elapsed() > Duration::from_secs(1) {
+            tracing::info!(
+                group = %r.group,
+                secs = format!("{:.2}", finishing.elapsed().as_secs_f64()),
+                "recording the acknowledgement was slow"
+            );
+        }
         Ok((sent, covered))
     }
 
