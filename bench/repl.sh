@@ -27,6 +27,7 @@
 #   FERRY_BENCH_RPO_SECS=300 FERRY_BENCH_RPO_GIB=1 bash bench/repl.sh
 #   FERRY_BENCH_DIR=/mnt/fast bash bench/repl.sh
 #   FERRY_BENCH_PARTS="2 3" bash bench/repl.sh  # only some parts
+#   FERRY_BENCH_KEEP=1 bash bench/repl.sh     # keep the daemons' logs (and the last part's data)
 #
 # Caches, per timed step of part 2 (each step starts after `sync`, so no dirty
 # pages of an earlier step are written back inside it):
@@ -97,7 +98,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$work"
+    if [ "${FERRY_BENCH_KEEP:-0}" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
