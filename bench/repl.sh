@@ -27,7 +27,7 @@
 #   FERRY_BENCH_RPO_SECS=300 FERRY_BENCH_RPO_GIB=1 bash bench/repl.sh
 #   FERRY_BENCH_DIR=/mnt/fast bash bench/repl.sh
 #   FERRY_BENCH_PARTS="2 3" bash bench/repl.sh  # only some parts
-#   FERRY_BENCH_KEEP=1 bash bench/repl.sh     # keep the daemons' logs (and the last part's data)
+#   FERRY_BENCH_KEEP=1 bash bench/repl.sh     # keep the daemons' logs
 #
 # Caches, per timed step of part 2 (each step starts after `sync`, so no dirty
 # pages of an earlier step are written back inside it):
@@ -326,6 +326,12 @@ if part 3; then
     fill "$(uri_a rpo-disk)" $((rpo_gib * 1024))
     fa replication enable rpo --partner site-b --interval "${interval}s" >/dev/null
     wait_for "rpo's initial copy" 3600 has_point rpo
+    # and for the next point, so the first lag sample is not the initial
+    # copy's age (its cycle can take longer than the interval)
+    first="$(fa -o json replication status rpo | jq -r '.[0].last_point')"
+    poll=1 wait_for "a point after the initial copy" 600 \
+        eval '[ "$(fa -o json replication status rpo | jq -r ".[0].last_point")" != "$first" ]'
+    ok_before="$(fa -o json replication status rpo | jq -r '.[0].stats.cycles_ok')"
     fio --output-format=json --ioengine=nbd --uri="$(uri_a rpo-disk)" --name=steady --rw=randwrite --bs=64k \
         --iodepth=4 --size="${rpo_gib}G" --rate="$rate" --time_based --runtime="$rpo_secs" --refill_buffers \
         >"$work/steady.json" &
@@ -339,6 +345,7 @@ if part 3; then
         sleep 1
     done
     wait "$fio_pid"
+    made=$(($(fa -o json replication status rpo | jq -r '.[0].stats.cycles_ok') - ok_before))
     fb -o json recovery-point list rpo >"$work/points.json"
     read -r rpo_max rpo_p95 rpo_n rpo_points rpo_ship rpo_cycle rpo_rate <<<"$(
         python3 - "$work/lag.txt" "$work/points.json" "$work/steady.json" "$t_begin" <<'EOF'
@@ -349,7 +356,7 @@ lags = sorted(float(r[1]) for r in rows if r[1] != "null")
 cycle = max((float(r[2]) for r in rows if r[2] != "null"), default=0.0)
 points = json.load(open(sys.argv[2]))
 begin = float(sys.argv[4])
-# points the source took while the writes ran; each one's time from snapshot
+# points the source took while the writes ran that retention kept; each one's time from snapshot
 # to visible at the replica
 during = [p for p in points if p["created"] / 1e9 >= begin]
 ship = max(((p["received"] - p["created"]) / 1e9 for p in during), default=0.0)
@@ -359,7 +366,7 @@ p95 = lags[max(0, math.ceil(0.95 * len(lags)) - 1)]
 print(f"{lags[-1]:.1f} {p95:.1f} {len(lags)} {len(during)} {ship:.1f} {cycle:.1f} {bw:.1f}")
 EOF
     )"
-    echo "  $rpo_n samples: lag max $rpo_max s, p95 $rpo_p95 s; $rpo_points points made while writing" \
+    echo "  $rpo_n samples: lag max $rpo_max s, p95 $rpo_p95 s; $made points made while writing" \
         "(longest snapshot-to-replica $rpo_ship s, longest sender cycle $rpo_cycle s); fio wrote $rpo_rate MB/s"
     stop_pair
 fi
