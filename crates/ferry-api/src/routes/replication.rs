@@ -232,14 +232,12 @@ pub async fn enable(
     let s = settings(&req)?;
     let st2 = st.clone();
     let paused = req.paused;
+    // Paused from its first moment: a scheduler tick between enabling and
+    // pausing would start the initial copy.
     let info = blocking(move || {
-        let info = st2
+        Ok(st2
             .store()
-            .enable_replication(&req.group, &req.partner, s)?;
-        if paused {
-            return Ok(st2.store().set_replication_paused(&info.group, true)?);
-        }
-        Ok(info)
+            .enable_replication(&req.group, &req.partner, s, paused)?)
     })
     .await?;
     if !paused && let Some(l) = st.site_link() {

@@ -243,12 +243,13 @@ impl Store {
     }
 
     /// Starts replicating `group` to `partner`; the first cycle is the
-    /// initial copy.
+    /// initial copy. With `paused` no cycle starts until it is resumed.
     pub fn enable_replication(
         &self,
         group: &str,
         partner: &str,
         settings: ReplicationSettings,
+        paused: bool,
     ) -> Result<ReplicationInfo> {
         if settings.interval_secs == 0 {
             return Err(StoreError::Invalid(
@@ -281,7 +282,7 @@ impl Store {
             partner: partner.to_owned(),
             role: ReplicationRole::Source,
             settings,
-            paused: false,
+            paused,
             created: now(),
             next_cycle: 1,
             base: None,
