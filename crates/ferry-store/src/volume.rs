@@ -205,7 +205,9 @@ fn read_chain(
 ) -> std::io::Result<()> {
     let end = offset + buf.len() as u64;
     let mut pos = offset;
-    // (layer, byte in its data file, where the bytes go)
+    // (layer, byte in its data file, where the bytes go): the first data
+    // run apart, so a request of one run (most small ones) allocates nothing
+    let mut first: Option<(usize, u64, &mut [u8])> = None;
     let mut runs: Vec<(usize, u64, &mut [u8])> = Vec::new();
     let mut rest = buf;
     while pos < end {
@@ -225,16 +227,24 @@ fn read_chain(
         rest = tail;
         match (source.state, source.slot) {
             (BlockState::Data, Some(slot)) => {
-                runs.push((source.layer, slot_byte(slot) + pos % BLOCK_SIZE, out))
+                let run = (source.layer, slot_byte(slot) + pos % BLOCK_SIZE, out);
+                match first {
+                    None => first = Some(run),
+                    Some(_) => runs.push(run),
+                }
             }
             // Zeros, nothing, or data zeroed by a racing trim.
             _ => out.fill(0),
         }
         pos = run_end;
     }
-    if let [(layer, at, out)] = &mut runs[..] {
-        return layers[*layer].read_file(out, *at);
+    let Some((layer, at, out)) = first else {
+        return Ok(());
+    };
+    if runs.is_empty() {
+        return layers[layer].read_file(out, at);
     }
+    runs.push((layer, at, out));
     runs.sort_unstable_by_key(|&(layer, at, _)| (layer, at));
     let mut rest = &mut runs[..];
     while let Some(&(layer, at, _)) = rest.first() {

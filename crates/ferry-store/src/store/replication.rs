@@ -177,9 +177,7 @@ pub const NEXT_CYCLE_TAG: &str = "ferry.next-cycle";
 /// direction turns around, so the two sides' names do not collide.
 fn next_point_number(state: &crate::catalog::CatalogState, g: &GroupRec) -> u64 {
     let held = state
-        .snapshots
-        .values()
-        .filter(|s| s.owner == OwnerId::Group(g.id))
+        .snapshots_of(OwnerId::Group(g.id))
         .filter_map(|s| s.name.strip_prefix("repl-")?.parse::<u64>().ok())
         .max()
         .map_or(1, |n| n.saturating_add(1));
