@@ -61,6 +61,15 @@ impl Disk {
         Ok(())
     }
 
+    /// Reads like [`read`](Self::read) if nothing has to come from the
+    /// device; `Ok(false)` otherwise, at once.
+    pub fn try_read(&self, buf: &mut [u8], offset: u64) -> Result<bool, DiskError> {
+        Ok(match self {
+            Disk::Volume(v) => v.try_read(buf, offset)?,
+            Disk::Snapshot(s) => s.try_read(buf, offset)?,
+        })
+    }
+
     fn volume(&self) -> Result<&VolumeHandle, DiskError> {
         match self {
             Disk::Volume(v) => Ok(v),

@@ -1,21 +1,26 @@
 //! The NBD server: accepts connections (TCP, Unix), negotiates with
 //! [`Negotiation`], then serves requests against the export's [`Disk`].
 //!
-//! Threads, not tasks, carry the data path, the way nbdkit does it: a
-//! connection has a few worker threads; a worker takes the socket's read
-//! side, reads one request (and its payload), lets go, runs it against the
-//! engine, then takes the write side and sends the reply. So many requests
-//! are in flight per connection, replies leave in completion order, no
-//! request is handed between threads, and each worker reuses its own
-//! buffer (no allocation per request once warm).
+//! Threads, not tasks, carry the data path. A connection has one reader
+//! thread and a few helpers. The reader takes requests off the socket in
+//! order and runs the quick ones itself: writes up to 128 KiB land in the
+//! page cache, and reads up to 128 KiB are tried with `RWF_NOWAIT`, which
+//! answers only from memory. Their replies are held back and leave together
+//! when the reader has to wait for the client, so one receive's requests are
+//! answered with one send, with no thread handover per request (measured:
+//! about a third less CPU per 4 KiB request than workers taking turns on
+//! the socket). What may wait on the device (reads not in memory, flush,
+//! FUA writes, trim and zeroing) or is large goes to a helper through a
+//! bounded queue, so a slow request never holds up the quick ones behind it;
+//! replies leave in completion order.
 //!
 //! The tokio runtime only accepts connections and, after STARTTLS, relays
 //! between the TLS stream and a Unix socket pair whose other end the
 //! connection's threads use as their plain stream.
 //!
 //! Stopping a connection (export removed, volume deleted, daemon stopping)
-//! shuts down its read side: workers see the end of the stream, finish the
-//! requests they hold, send their replies and close.
+//! shuts down its read side: the reader sees the end of the stream, the
+//! helpers finish the requests queued, the replies go out, and it closes.
 
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
@@ -28,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ferry_store::{Allocation, RoaringBitmap};
 
-use crate::command::{Command, Refusal, check};
+use crate::command::{Command, check};
 use crate::disk::{Disk, DiskError};
 use crate::handshake::{
     Agreement, Catalog, ExportMeta, MAX_OPTION_DATA, MetaContext, Negotiation, Step, TlsMode,
@@ -57,7 +62,9 @@ pub struct ServerConfig {
     pub tls_mode: TlsMode,
     /// Required unless `tls_mode` is [`TlsMode::Off`].
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Worker threads per connection: the requests one connection runs at once.
+    /// Threads per connection: its reader plus `workers - 1` helpers, the
+    /// requests that may wait on the device at once. With 1 the reader runs
+    /// everything itself.
     pub workers: usize,
 }
 
@@ -411,23 +418,22 @@ impl Server {
             return Ok(());
         }
         tracing::debug!(conn = id, export = %agreement.export.name, "NBD transmission");
+        let mut reader =
+            io::BufReader::with_capacity(READ_BUFFER, OwnedStream(stream.try_clone()?));
         let conn = Connection {
-            reader: Mutex::new(io::BufReader::with_capacity(
-                READ_BUFFER,
-                OwnedStream(stream.try_clone()?),
-            )),
             writer: Replies::new(stream),
             agreement,
             disk,
             exports: self.inner.exports.clone(),
             closing: AtomicBool::new(false),
+            jobs: Jobs::default(),
         };
-        let workers = self.inner.config.workers.max(1);
+        let helpers = self.inner.config.workers.max(1) - 1;
         std::thread::scope(|s| {
-            for _ in 1..workers {
-                s.spawn(|| conn.work());
+            for _ in 0..helpers {
+                s.spawn(|| conn.help());
             }
-            conn.work();
+            conn.lead(&mut reader, helpers > 0);
         });
         conn.writer.sock.shutdown(Shutdown::Both);
         Ok(())
@@ -471,23 +477,32 @@ async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-/// One connection in transmission, shared by its workers.
+/// One connection in transmission: its reader thread ([`lead`]) and the
+/// helpers that run what the reader does not run itself.
+///
+/// [`lead`]: Connection::lead
 struct Connection {
-    /// Buffered: one receive can bring many pipelined requests, which the
-    /// next workers then take without a system call.
-    reader: Mutex<io::BufReader<OwnedStream>>,
     /// Also the handle that shuts the connection down.
     writer: Replies,
     agreement: Agreement,
     disk: Disk,
     exports: Arc<dyn Exports>,
     closing: AtomicBool,
+    jobs: Jobs,
 }
 
-/// What a worker does after reading one request.
-enum Next {
-    Run(Request, Result<Command, Refusal>),
-    Stop,
+/// Requests the reader runs itself when small enough: reads answered from
+/// memory and writes, which land in the page cache.
+const INLINE_MAX: u32 = 128 << 10;
+
+/// Where the reader sends a request.
+enum Route {
+    /// Run here, now.
+    Inline,
+    /// Handed to a helper: it may wait on the device (flush, FUA, trim and
+    /// zeroing, reads not in memory) or is large enough to overlap with the
+    /// next request's transfer.
+    Helper,
 }
 
 impl Connection {
@@ -496,83 +511,136 @@ impl Connection {
         self.writer.sock.shutdown(Shutdown::Read);
     }
 
-    /// A worker: read a request, run it, reply; until the stream ends.
-    fn work(&self) {
+    /// The reader: takes requests off the socket in order and runs the
+    /// quick ones itself, replying in batches (one send for all the
+    /// requests one receive brought); the rest go to the helpers. Without
+    /// helpers it runs everything. Until the stream ends or a disconnect.
+    fn lead(&self, reader: &mut io::BufReader<OwnedStream>, helped: bool) {
         let mut buf: Vec<u8> = Vec::new();
+        if let Err(e) = self.read_loop(reader, &mut buf, helped) {
+            if e.kind() != io::ErrorKind::UnexpectedEof {
+                tracing::debug!("NBD connection: {e}");
+            }
+            self.close();
+        }
+        // Our replies still held back go out before the helpers' last ones.
+        if let Err(e) = self.writer.flush() {
+            tracing::debug!("NBD reply: {e}");
+        }
+        self.jobs.close();
+    }
+
+    fn read_loop(
+        &self,
+        reader: &mut io::BufReader<OwnedStream>,
+        buf: &mut Vec<u8>,
+        helped: bool,
+    ) -> io::Result<()> {
         loop {
-            let next = self.read_request(&mut buf);
-            let (req, checked) = match next {
-                Ok(Next::Run(req, checked)) => (req, checked),
-                Ok(Next::Stop) => return,
-                Err(e) => {
-                    if e.kind() != io::ErrorKind::UnexpectedEof {
-                        tracing::debug!("NBD read: {e}");
+            if self.closing.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let mut header = [0u8; REQUEST_LEN];
+            self.read_exact(reader, &mut header)?;
+            let req = decode_request(&header)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let checked = check(&req, &self.agreement);
+            let cmd = match checked {
+                Ok(Command::Disconnect) => {
+                    self.closing.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Ok(cmd) => cmd,
+                Err(r) => {
+                    if req.command == CMD_WRITE {
+                        // Refused, but its payload is on the wire: skip it.
+                        self.writer.flush()?;
+                        let skipped = io::copy(
+                            &mut (&mut *reader).take(u64::from(req.len)),
+                            &mut io::sink(),
+                        )?;
+                        if skipped < u64::from(req.len) {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
                     }
-                    self.close();
-                    return;
+                    self.reply_error(req.cookie, r.error, &r.message, When::Later)?;
+                    continue;
                 }
             };
-            if let Err(e) = self.run(req, checked, &mut buf) {
+            let route = match cmd {
+                _ if !helped => Route::Inline,
+                Command::Read { len, .. }
+                | Command::Write {
+                    len, fua: false, ..
+                } if len <= INLINE_MAX => Route::Inline,
+                Command::BlockStatus { .. } | Command::Cache { .. } => Route::Inline,
+                _ => Route::Helper,
+            };
+            match route {
+                Route::Inline => {
+                    if let Command::Write { len, .. } = cmd {
+                        buf.resize(len as usize, 0);
+                        self.read_exact(reader, buf)?;
+                    }
+                    if let Command::Read { offset, len } = cmd
+                        && helped
+                    {
+                        buf.resize(len as usize, 0);
+                        match self.disk.try_read(buf, offset) {
+                            Ok(true) => self.reply_read(req.cookie, offset, buf, When::Later)?,
+                            // Not in memory: a helper waits for the device.
+                            Ok(false) => self.jobs.push(self, Job::new(&self.jobs, req, cmd)),
+                            Err(e) => self.reply_disk_error(req.cookie, e, When::Later)?,
+                        }
+                        continue;
+                    }
+                    self.run(req.cookie, cmd, buf, When::Later)?;
+                }
+                Route::Helper => {
+                    let mut job = Job::new(&self.jobs, req, cmd);
+                    if let Command::Write { len, .. } = cmd {
+                        job.buf.resize(len as usize, 0);
+                        self.read_exact(reader, &mut job.buf)?;
+                    }
+                    self.jobs.push(self, job);
+                }
+            }
+        }
+    }
+
+    /// Fills `out` from the socket; when that has to wait for the client,
+    /// the replies held back go out first.
+    fn read_exact(
+        &self,
+        reader: &mut io::BufReader<OwnedStream>,
+        out: &mut [u8],
+    ) -> io::Result<()> {
+        if reader.buffer().len() < out.len() {
+            self.writer.flush()?;
+        }
+        reader.read_exact(out)
+    }
+
+    /// A helper: runs what the reader hands over, until it stops.
+    fn help(&self) {
+        while let Some(mut job) = self.jobs.pop() {
+            let sent = self.run(job.cookie, job.cmd, &mut job.buf, When::Now);
+            self.jobs.recycle(job.buf);
+            if let Err(e) = sent {
                 tracing::debug!("NBD reply: {e}");
                 self.close();
-                return;
             }
         }
     }
 
-    /// Reads the next request and, for a write, its payload into `buf`.
-    fn read_request(&self, buf: &mut Vec<u8>) -> io::Result<Next> {
-        let mut reader = self.reader.lock();
-        if self.closing.load(Ordering::SeqCst) {
-            return Ok(Next::Stop);
-        }
-        let mut header = [0u8; REQUEST_LEN];
-        reader.read_exact(&mut header)?;
-        let req =
-            decode_request(&header).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let checked = check(&req, &self.agreement);
-        if req.command == CMD_WRITE {
-            match checked {
-                Ok(_) => {
-                    buf.resize(req.len as usize, 0);
-                    reader.read_exact(buf)?;
-                }
-                Err(_) => {
-                    // Refused, but its payload is on the wire: skip it.
-                    let skipped = io::copy(
-                        &mut (&mut *reader).take(u64::from(req.len)),
-                        &mut io::sink(),
-                    )?;
-                    if skipped < u64::from(req.len) {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
-            }
-        }
-        if checked == Ok(Command::Disconnect) {
-            self.closing.store(true, Ordering::SeqCst);
-            return Ok(Next::Stop);
-        }
-        Ok(Next::Run(req, checked))
-    }
-
-    fn run(
-        &self,
-        req: Request,
-        checked: Result<Command, Refusal>,
-        buf: &mut Vec<u8>,
-    ) -> io::Result<()> {
-        let cookie = req.cookie;
-        let cmd = match checked {
-            Ok(c) => c,
-            Err(r) => return self.reply_error(cookie, r.error, &r.message),
-        };
+    /// Runs one accepted request and replies.
+    fn run(&self, cookie: u64, cmd: Command, buf: &mut Vec<u8>, when: When) -> io::Result<()> {
         let d = &self.disk;
         let done = match cmd {
             Command::Read { offset, len } => {
                 buf.resize(len as usize, 0);
                 match d.read(buf, offset) {
-                    Ok(()) => return self.reply_read(cookie, offset, buf),
+                    Ok(()) => return self.reply_read(cookie, offset, buf, when),
                     Err(e) => Err(e),
                 }
             }
@@ -592,51 +660,48 @@ impl Connection {
                 offset,
                 len,
                 req_one,
-            } => return self.reply_block_status(cookie, offset, len, req_one, buf),
+            } => return self.reply_block_status(cookie, offset, len, req_one, buf, when),
             Command::Disconnect => Ok(()),
         };
         match done {
-            Ok(()) => self.reply_ok(cookie),
-            Err(e) => self.reply_disk_error(cookie, e),
+            Ok(()) => self.reply_ok(cookie, when),
+            Err(e) => self.reply_disk_error(cookie, e, when),
         }
     }
 
-    fn send(&self, parts: &[&[u8]]) -> io::Result<()> {
-        self.writer.send(parts)
-    }
-
-    fn reply_ok(&self, cookie: u64) -> io::Result<()> {
+    fn reply_ok(&self, cookie: u64, when: When) -> io::Result<()> {
         if self.agreement.structured {
-            self.send(&[&chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0)])
+            let header = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_NONE, cookie, 0);
+            self.writer.send(&[&header], when)
         } else {
-            self.send(&[&simple_reply(0, cookie)])
+            self.writer.send(&[&simple_reply(0, cookie)], when)
         }
     }
 
-    fn reply_error(&self, cookie: u64, error: u32, message: &str) -> io::Result<()> {
+    fn reply_error(&self, cookie: u64, error: u32, message: &str, when: When) -> io::Result<()> {
         if self.agreement.structured {
             let mut out = Vec::with_capacity(CHUNK_HEADER_LEN + 6 + message.len());
             put_error_chunk(&mut out, cookie, error, message);
-            self.send(&[&out])
+            self.writer.send(&[&out], when)
         } else {
-            self.send(&[&simple_reply(error, cookie)])
+            self.writer.send(&[&simple_reply(error, cookie)], when)
         }
     }
 
-    fn reply_disk_error(&self, cookie: u64, e: DiskError) -> io::Result<()> {
-        let sent = self.reply_error(cookie, e.error, &e.message);
+    fn reply_disk_error(&self, cookie: u64, e: DiskError, when: When) -> io::Result<()> {
+        let sent = self.reply_error(cookie, e.error, &e.message, when);
         if e.gone {
             self.close();
         }
         sent
     }
 
-    fn reply_read(&self, cookie: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+    fn reply_read(&self, cookie: u64, offset: u64, data: &[u8], when: When) -> io::Result<()> {
         if !self.agreement.structured {
-            return self.send(&[&simple_reply(0, cookie), data]);
+            return self.writer.send(&[&simple_reply(0, cookie), data], when);
         }
         if data.is_empty() {
-            return self.reply_ok(cookie);
+            return self.reply_ok(cookie, when);
         }
         let header = chunk_header(
             REPLY_FLAG_DONE,
@@ -644,7 +709,8 @@ impl Connection {
             cookie,
             8 + data.len() as u32,
         );
-        self.send(&[&header, &offset.to_be_bytes(), data])
+        self.writer
+            .send(&[&header, &offset.to_be_bytes(), data], when)
     }
 
     fn reply_block_status(
@@ -654,6 +720,7 @@ impl Connection {
         len: u32,
         req_one: bool,
         buf: &mut Vec<u8>,
+        when: When,
     ) -> io::Result<()> {
         buf.clear();
         let count = self.agreement.contexts.len();
@@ -684,7 +751,7 @@ impl Connection {
             };
             let mut runs = match runs {
                 Ok(r) => r,
-                Err(e) => return self.reply_disk_error(cookie, e),
+                Err(e) => return self.reply_disk_error(cookie, e, when),
             };
             if req_one {
                 runs.truncate(1);
@@ -707,7 +774,7 @@ impl Connection {
                 buf.extend_from_slice(&f.to_be_bytes());
             }
         }
-        self.send(&[buf])
+        self.writer.send(&[buf], when)
     }
 }
 
@@ -715,10 +782,25 @@ impl Connection {
 /// (big reads) wait for their turn and go out from the worker's buffer.
 const BATCH_REPLY: usize = 64 << 10;
 
-/// The socket's write side, shared by a connection's workers, combining
-/// replies: a worker appends its reply to the pending batch and, unless
-/// another worker is already writing, becomes the writer and sends batches
-/// until none is pending. Under load many replies leave in one system call.
+/// Replies held back ([`When::Later`]) go out anyway once this many bytes
+/// wait.
+const HOLD_MAX: usize = 256 << 10;
+
+/// When a reply leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum When {
+    /// Now, or with the batch a thread sending right now takes along.
+    Now,
+    /// With the next send or [`Replies::flush`]: the reader's replies, held
+    /// while more requests it already received are run, so that the
+    /// replies to one receive's requests leave in one send.
+    Later,
+}
+
+/// The socket's write side, shared by a connection's threads, combining
+/// replies: a thread appends its reply to the pending batch and, unless
+/// another is already writing, becomes the writer and sends batches until
+/// none is pending. Under load many replies leave in one system call.
 struct Replies {
     state: Mutex<Batch>,
     /// Signalled when the writer role is given up.
@@ -745,14 +827,14 @@ impl Replies {
         }
     }
 
-    fn send(&self, parts: &[&[u8]]) -> io::Result<()> {
+    fn send(&self, parts: &[&[u8]], when: When) -> io::Result<()> {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut st = self.state.lock();
         if total <= BATCH_REPLY {
             for p in parts {
                 st.pending.extend_from_slice(p);
             }
-            if st.writing {
+            if st.writing || (when == When::Later && st.pending.len() < HOLD_MAX) {
                 return if st.broken { Err(broken()) } else { Ok(()) };
             }
             st.writing = true;
@@ -763,6 +845,19 @@ impl Replies {
         }
         st.writing = true;
         self.write_batches(st, Some(parts))
+    }
+
+    /// Sends the replies held back, unless a writer is at it already.
+    fn flush(&self) -> io::Result<()> {
+        let mut st = self.state.lock();
+        if st.broken {
+            return Err(broken());
+        }
+        if st.writing || st.pending.is_empty() {
+            return Ok(());
+        }
+        st.writing = true;
+        self.write_batches(st, None)
     }
 
     /// As the writer: sends what is pending (then `own`, a large reply),
@@ -802,6 +897,94 @@ impl Replies {
         st.writing = false;
         self.idle.notify_all();
         result
+    }
+}
+
+/// Requests handed to helpers at most, per connection: the reader waits
+/// for room beyond that (a bound on memory, with 32 MiB payloads).
+const MAX_QUEUED: usize = 8;
+/// Buffers kept for reuse by a connection's jobs.
+const MAX_SPARE: usize = 8;
+
+/// A request the reader hands to a helper, with its buffer (a write's
+/// payload, or room for a read).
+struct Job {
+    cookie: u64,
+    cmd: Command,
+    buf: Vec<u8>,
+}
+
+impl Job {
+    fn new(jobs: &Jobs, req: Request, cmd: Command) -> Job {
+        Job {
+            cookie: req.cookie,
+            cmd,
+            buf: jobs.state.lock().spare.pop().unwrap_or_default(),
+        }
+    }
+}
+
+/// The queue between a connection's reader and its helpers.
+#[derive(Default)]
+struct Jobs {
+    state: Mutex<JobState>,
+    /// Signalled when a job is queued or the queue closes.
+    ready: Condvar,
+    /// Signalled when a job is taken.
+    room: Condvar,
+}
+
+#[derive(Default)]
+struct JobState {
+    queue: std::collections::VecDeque<Job>,
+    closed: bool,
+    spare: Vec<Vec<u8>>,
+}
+
+impl Jobs {
+    /// Queues `job`, first waiting for room; replies held back leave
+    /// before any wait.
+    fn push(&self, conn: &Connection, job: Job) {
+        let mut st = self.state.lock();
+        if st.queue.len() >= MAX_QUEUED {
+            drop(st);
+            // A failed send shows on the next read; the job is still run.
+            let _ = conn.writer.flush();
+            st = self.state.lock();
+            while st.queue.len() >= MAX_QUEUED {
+                self.room.wait(&mut st);
+            }
+        }
+        st.queue.push_back(job);
+        self.ready.notify_one();
+    }
+
+    /// The next job; `None` once the queue is closed and empty.
+    fn pop(&self) -> Option<Job> {
+        let mut st = self.state.lock();
+        loop {
+            if let Some(job) = st.queue.pop_front() {
+                self.room.notify_one();
+                return Some(job);
+            }
+            if st.closed {
+                return None;
+            }
+            self.ready.wait(&mut st);
+        }
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        let mut st = self.state.lock();
+        if st.spare.len() < MAX_SPARE {
+            st.spare.push(buf);
+        }
+    }
+
+    /// No more jobs: helpers finish the queue and stop.
+    fn close(&self) {
+        self.state.lock().closed = true;
+        self.ready.notify_all();
     }
 }
 

@@ -102,6 +102,87 @@ fn many_requests_in_flight_each_answered_once() {
     }
 }
 
+/// Drops every file of the fixture's store from the page cache (after
+/// writing it back), so that the next reads have to come from the device.
+fn evict(f: &Fixture) {
+    use std::os::unix::io::AsRawFd;
+    f.store.volume("disk").unwrap().flush().unwrap();
+    let mut dirs = vec![f.dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let file = std::fs::File::open(&p).unwrap();
+            file.sync_all().unwrap();
+            // SAFETY: advice on a file descriptor we own.
+            let rc =
+                unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            assert_eq!(rc, 0);
+        }
+    }
+}
+
+/// Reads the reader thread cannot answer from memory go to a helper (or,
+/// with one worker, are read in place); pipelined with writes, each is
+/// answered once with its own bytes.
+#[test]
+fn reads_that_must_wait_for_the_device_are_answered_right() {
+    for workers in [4, 1] {
+        let f = Fixture::with_config(
+            8 * MIB,
+            ferry_nbd::ServerConfig {
+                workers,
+                ..Default::default()
+            },
+        );
+        for i in 0..64u64 {
+            fill(&f, i as u8 + 1, i * 65536, 65536);
+        }
+        evict(&f);
+        let mut probe = vec![0u8; 4096];
+        assert!(
+            !f.store
+                .volume("disk")
+                .unwrap()
+                .try_read(&mut probe, 40 * 65536)
+                .unwrap(),
+            "the precondition: the data is no longer in memory"
+        );
+        let mut c = RawClient::connect(f.addr, "disk");
+        for i in 0..64u64 {
+            // Blocks in a scattered order, 4 KiB each, then a write.
+            let b = (i * 37) % 64;
+            c.send(CMD_READ, 0, 1000 + b, b * 65536 + 8192, 4096, &[]);
+            c.send(
+                CMD_WRITE,
+                0,
+                2000 + i,
+                4 * MIB + i * 4096,
+                4096,
+                &[0xc0; 4096],
+            );
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..128 {
+            let (cookie, err, data) = c.reply().unwrap();
+            assert_eq!(err, 0);
+            assert!(seen.insert(cookie), "cookie {cookie} answered twice");
+            if cookie < 2000 {
+                let b = cookie - 1000;
+                assert!(
+                    data.len() == 4096 && data.iter().all(|&x| x == b as u8 + 1),
+                    "workers {workers}: read of block {b} got other bytes"
+                );
+            }
+        }
+        c.disconnect();
+        assert!(read_back(&f, 4 * MIB, 64 * 4096).iter().all(|&x| x == 0xc0));
+    }
+}
+
 #[test]
 fn malformed_handshakes_cost_only_their_connection() {
     let f = Fixture::new(MIB);

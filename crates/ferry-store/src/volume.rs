@@ -60,8 +60,8 @@ impl VolumeState {
             .as_ref()
     }
 
-    fn read(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-        read_chain(&self.layers, self.resolver(), buf, offset)
+    fn read(&self, buf: &mut [u8], offset: u64, wait: Wait) -> std::io::Result<bool> {
+        read_chain(&self.layers, self.resolver(), buf, offset, wait)
     }
 }
 
@@ -202,7 +202,8 @@ fn read_chain(
     resolver: Option<&Resolver>,
     buf: &mut [u8],
     offset: u64,
-) -> std::io::Result<()> {
+    wait: Wait,
+) -> std::io::Result<bool> {
     let end = offset + buf.len() as u64;
     let mut pos = offset;
     // (layer, byte in its data file, where the bytes go): the first data
@@ -239,10 +240,13 @@ fn read_chain(
         pos = run_end;
     }
     let Some((layer, at, out)) = first else {
-        return Ok(());
+        return Ok(true);
     };
     if runs.is_empty() {
-        return layers[layer].read_file(out, at);
+        return match wait {
+            Wait::Yes => layers[layer].read_file(out, at).map(|()| true),
+            Wait::No => layers[layer].try_read_file_vectored(&mut [out], at),
+        };
     }
     runs.push((layer, at, out));
     runs.sort_unstable_by_key(|&(layer, at, _)| (layer, at));
@@ -260,9 +264,25 @@ fn read_chain(
         let (these, tail) = std::mem::take(&mut rest).split_at_mut(n);
         rest = tail;
         let mut bufs: Vec<&mut [u8]> = these.iter_mut().map(|(_, _, out)| &mut **out).collect();
-        layers[layer].read_file_vectored(&mut bufs, at)?;
+        match wait {
+            Wait::Yes => layers[layer].read_file_vectored(&mut bufs, at)?,
+            Wait::No => {
+                if !layers[layer].try_read_file_vectored(&mut bufs, at)? {
+                    return Ok(false);
+                }
+            }
+        }
     }
-    Ok(())
+    Ok(true)
+}
+
+/// Whether a read may wait for the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Yes,
+    /// Only bytes already in memory: [`read_chain`] answers `false` at the
+    /// first run that would need device I/O.
+    No,
 }
 
 /// How a run of bytes reads, as [`VolumeHandle::allocation`] reports it.
@@ -377,7 +397,19 @@ impl VolumeHandle {
     /// Reads `buf.len()` bytes at any byte `offset`.
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         let st = self.vol.begin(offset, buf.len() as u64)?;
-        st.read(buf, offset)
+        st.read(buf, offset, Wait::Yes)
+            .map(|_| ())
+            .map_err(|e| self.vol.io_err("reading", e))
+    }
+
+    /// Reads like [`read`](Self::read) when every byte is already in memory
+    /// (the page cache); otherwise says `false` at once, with `buf` holding
+    /// anything, and the caller reads again with [`read`](Self::read) on a
+    /// thread that may wait. An NBD connection's reader answers cached reads
+    /// itself this way and hands only the rest to its helpers.
+    pub fn try_read(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
+        let st = self.vol.begin(offset, buf.len() as u64)?;
+        st.read(buf, offset, Wait::No)
             .map_err(|e| self.vol.io_err("reading", e))
     }
 
@@ -473,7 +505,7 @@ impl VolumeHandle {
         let _guard = self.vol.stripes[block as usize % STRIPES].lock();
         let start = u64::from(block) * BLOCK_SIZE;
         let mut buf = [0u8; BLOCK];
-        st.read(&mut buf, start)?;
+        st.read(&mut buf, start, Wait::Yes)?;
         let at = (offset - start) as usize;
         let range = &mut buf[at..at + len as usize];
         match fill {
@@ -520,8 +552,19 @@ impl SnapshotReader {
     }
 
     pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        self.read_chain(buf, offset, Wait::Yes).map(|_| ())
+    }
+
+    /// Reads like [`read`](Self::read) when no byte needs device I/O, and
+    /// says `false` otherwise, without waiting (see
+    /// [`VolumeHandle::try_read`]).
+    pub fn try_read(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
+        self.read_chain(buf, offset, Wait::No)
+    }
+
+    fn read_chain(&self, buf: &mut [u8], offset: u64, wait: Wait) -> Result<bool> {
         let resolver = self.check(offset, buf.len() as u64)?;
-        read_chain(&self.layers, resolver, buf, offset)
+        read_chain(&self.layers, resolver, buf, offset, wait)
             .map_err(|e| StoreError::io("reading", "snapshot", e))
     }
 

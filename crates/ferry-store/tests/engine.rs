@@ -600,6 +600,31 @@ fn large_requests_over_blocks_in_shuffled_slots_read_and_write_every_byte_in_pla
     v.write(&big, MIB / 2 + 300, false).unwrap();
     want[(MIB / 2 + 300) as usize..(MIB / 2 + 300) as usize + big.len()].copy_from_slice(&big);
     check(0, BLOCKS * 4096, &want);
+    // All of it was just written, so it is in memory: the read that never
+    // waits for the device (an NBD reader's first try) gives the same bytes.
+    for (from, len) in [
+        (0, BLOCKS * 4096),
+        (100, 3 * MIB + 5),
+        (4095, 2),
+        (8192, 4096),
+    ] {
+        let mut got = vec![0xA5u8; len as usize];
+        assert!(
+            v.try_read(&mut got, from).unwrap(),
+            "{len} at {from} in memory"
+        );
+        assert!(
+            got == want[from as usize..(from + len) as usize],
+            "{len} at {from}"
+        );
+    }
+    let snap = store
+        .open_snapshot(Target::Group("g"), "s", Some("v"))
+        .unwrap();
+    let (mut plain, mut tried) = (vec![0u8; 2 * MIB as usize], vec![1u8; 2 * MIB as usize]);
+    snap.read(&mut plain, 12345).unwrap();
+    assert!(snap.try_read(&mut tried, 12345).unwrap());
+    assert!(plain == tried, "a snapshot's try_read");
     store.volume("v").unwrap().flush().unwrap();
     drop(v);
     drop(store);

@@ -65,7 +65,7 @@ struct Args {
     /// upgrade are refused)
     #[arg(long, value_name = "MODE", value_parser = parse_nbd_tls)]
     nbd_tls: Option<ferry_nbd::TlsMode>,
-    /// Requests one NBD connection runs at once (worker threads per connection; default 4)
+    /// Threads per NBD connection: a reader and N-1 helpers for requests that wait on the disk (default 4)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     nbd_workers: Option<u16>,
     /// Address of the partner listener (HTTPS with partners' client

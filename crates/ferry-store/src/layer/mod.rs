@@ -298,6 +298,12 @@ impl Layer {
         self.data.read_vectored_at(bufs, at)
     }
 
+    /// Like [`read_file_vectored`](Self::read_file_vectored) without device
+    /// I/O: `false` when some byte is not in memory.
+    pub fn try_read_file_vectored(&self, bufs: &mut [&mut [u8]], at: u64) -> io::Result<bool> {
+        self.data.try_read_vectored_at(bufs, at)
+    }
+
     /// Writes whole blocks from `first`: in place where this layer holds the
     /// block as data, into new slots elsewhere, which are mapped once their
     /// data is written.

@@ -123,6 +123,10 @@ impl StorageFile for FaultFile {
         self.inner.read_at(buf, offset)
     }
 
+    fn try_read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<bool> {
+        self.inner.try_read_vectored_at(bufs, offset)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if self.state.spend()? {
             if self.state.mode == FaultMode::Cut {

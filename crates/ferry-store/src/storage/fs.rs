@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Storage, StorageFile};
 
@@ -56,7 +57,10 @@ impl Storage for FsStorage {
         {
             sync_dir(parent)?;
         }
-        Ok(Arc::new(FsFile { file }))
+        Ok(Arc::new(FsFile {
+            file,
+            nowait_unsupported: AtomicBool::new(false),
+        }))
     }
 
     fn remove_file(&self, name: &str) -> io::Result<()> {
@@ -93,6 +97,8 @@ impl Storage for FsStorage {
 #[derive(Debug)]
 struct FsFile {
     file: File,
+    /// The file system refused `RWF_NOWAIT`: stop asking.
+    nowait_unsupported: AtomicBool,
 }
 
 impl StorageFile for FsFile {
@@ -128,6 +134,56 @@ impl StorageFile for FsFile {
             }
         }
         Ok(())
+    }
+
+    fn try_read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<bool> {
+        // A short or refused transfer hands the whole read to the caller's
+        // waiting path, which also handles the end of the file.
+        if self.nowait_unsupported.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let mut at = offset;
+        for batch in bufs.chunks_mut(IOV_BATCH) {
+            let Ok(off) = libc::off_t::try_from(at) else {
+                return Ok(false);
+            };
+            let mut iov = [EMPTY_IOV; IOV_BATCH];
+            let mut total = 0usize;
+            for (slot, b) in iov.iter_mut().zip(batch.iter_mut()) {
+                *slot = libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                };
+                total += b.len();
+            }
+            // SAFETY: the iovecs point into `bufs`, distinct buffers borrowed
+            // mutably for the whole call.
+            let moved = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    iov.as_ptr(),
+                    batch.len() as libc::c_int,
+                    off,
+                    libc::RWF_NOWAIT,
+                )
+            };
+            if moved < 0 {
+                let e = io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::EAGAIN | libc::EINTR) => Ok(false),
+                    Some(libc::EOPNOTSUPP | libc::EINVAL) => {
+                        self.nowait_unsupported.store(true, Ordering::Relaxed);
+                        Ok(false)
+                    }
+                    _ => Err(e),
+                };
+            }
+            if moved as usize != total {
+                return Ok(false);
+            }
+            at += total as u64;
+        }
+        Ok(true)
     }
 
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
@@ -347,5 +403,45 @@ mod tests {
             "past the end reads as zeros"
         );
         assert_eq!(&got[..total - 5000], &all[all.len() - (total - 5000)..]);
+    }
+
+    #[test]
+    fn a_read_that_would_wait_on_the_device_is_declined_without_waiting() {
+        use std::os::unix::io::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let storage = FsStorage::new(dir.path()).unwrap();
+        let f = storage.open_file("f", true).unwrap();
+        let data = pattern(1 << 20, 7);
+        f.write_at(&data, 0).unwrap();
+        let (mut a, mut b) = (vec![0u8; 4096], vec![0u8; 8192]);
+        // Just written: in memory, so it reads, in two pieces.
+        assert!(f.try_read_vectored_at(&mut [&mut a, &mut b], 4096).unwrap());
+        assert_eq!(
+            [a.as_slice(), b.as_slice()].concat(),
+            data[4096..4096 + 12288]
+        );
+        // Past the end is the waiting path's business.
+        assert!(
+            !f.try_read_vectored_at(&mut [&mut a], (1 << 20) - 100)
+                .unwrap()
+        );
+        // Written back and dropped from the page cache: declined.
+        f.sync_data().unwrap();
+        let other = File::open(&path).unwrap();
+        // SAFETY: advice on a file descriptor we own.
+        let rc = unsafe { libc::posix_fadvise(other.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        assert!(!f.try_read_vectored_at(&mut [&mut a], 65536).unwrap());
+        // A waiting read brings it in; then it reads without waiting.
+        f.read_at(&mut a, 65536).unwrap();
+        assert!(f.try_read_vectored_at(&mut [&mut a], 65536).unwrap());
+        assert_eq!(a, data[65536..65536 + 4096]);
+        // More pieces than one call takes, all in memory.
+        f.read_at(&mut vec![0u8; 1 << 20], 0).unwrap();
+        let mut many: Vec<Vec<u8>> = (0..IOV_BATCH * 2 + 1).map(|_| vec![0u8; 16]).collect();
+        let mut bufs: Vec<&mut [u8]> = many.iter_mut().map(Vec::as_mut_slice).collect();
+        assert!(f.try_read_vectored_at(&mut bufs, 0).unwrap());
+        assert_eq!(many.concat(), data[..(IOV_BATCH * 2 + 1) * 16]);
     }
 }

@@ -51,6 +51,16 @@ pub trait StorageFile: Send + Sync + Debug + 'static {
         }
         Ok(())
     }
+    /// Like [`read_vectored_at`](Self::read_vectored_at), but only when it
+    /// needs no device I/O (`preadv2` with `RWF_NOWAIT`): `Ok(false)` when
+    /// some byte is not in memory, and then what `bufs` hold is unspecified.
+    /// A caller on a latency-sensitive thread tries this first and hands the
+    /// read to a thread that may wait only on `Ok(false)`. The default says
+    /// `Ok(false)` always, which is correct for any file.
+    fn try_read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<bool> {
+        let _ = (bufs, offset);
+        Ok(false)
+    }
     /// Writes `bufs` in turn from `offset` on (`pwritev`).
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
         let mut at = offset;
