@@ -170,8 +170,12 @@ impl Read for OwnedStream {
     }
 }
 
-/// How much a connection's reader takes from the socket at once.
-const READ_BUFFER: usize = 256 << 10;
+/// How much a connection's reader takes from the socket at once: many
+/// small requests per receive, while of a large write's payload only what
+/// came with its header is copied through the buffer (the rest is read
+/// straight into the request's own). At 256 KiB that copy was 4 % of the
+/// CPU of 1 MiB writes.
+const READ_BUFFER: usize = 64 << 10;
 
 /// A live connection, as the server's registry sees it.
 struct ConnEntry {
