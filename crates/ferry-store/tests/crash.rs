@@ -275,7 +275,16 @@ fn plan(seed: u64, writer: usize) -> Vec<Op> {
             let room = (chunk + 1) * CHUNK - first;
             let roll = rng.below(100);
             match roll {
-                0..40 => {
+                // A whole chunk at once: large enough for the engine to
+                // move it into one run of new slots when its blocks sit in
+                // scattered ones.
+                0..4 => Op::Write {
+                    vol,
+                    off: chunk * CHUNK * BLOCK_SIZE,
+                    len: CHUNK * BLOCK_SIZE,
+                    fua: rng.percent(8),
+                },
+                4..40 => {
                     let (off, len) = blocks(&mut rng, first, room, 8);
                     let fua = rng.percent(8);
                     Op::Write { vol, off, len, fua }

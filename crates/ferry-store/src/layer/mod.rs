@@ -137,6 +137,32 @@ struct Piece {
     slot: Option<u32>,
 }
 
+/// Writes of at least this many blocks (64 KiB) over blocks held in
+/// scattered slots are relocated (see [`scattered`]).
+const RELOCATE_MIN: u32 = 16;
+/// Held runs shorter than this on average (16 KiB) count as scattered.
+const RELOCATE_RUN: u32 = 4;
+
+/// Whether a write of `count` blocks planned as `pieces` should go to one
+/// run of new slots instead of in place: it is large, and the blocks this
+/// layer already holds sit in short runs of slots (random first writes put
+/// them so), which would cost one system call per run now and on every
+/// later read. Written anew they sit in one run, so the next large
+/// reads and writes of the range are one call each. The old slots are
+/// replaced, as when a racing writer maps a block first: reusable only
+/// after the next persist and the write barrier, and not punched, since
+/// new blocks take them.
+fn scattered(pieces: &[Piece], count: u32) -> bool {
+    if count < RELOCATE_MIN {
+        return false;
+    }
+    let (runs, blocks) = pieces
+        .iter()
+        .filter(|p| p.slot.is_some())
+        .fold((0u32, 0u32), |(r, b), p| (r + 1, b + p.len));
+    runs >= 2 && blocks < runs * RELOCATE_RUN
+}
+
 impl Layer {
     /// Creates the files of a new, empty layer, durably.
     pub fn create(storage: &Arc<dyn Storage>, id: LayerId) -> io::Result<Layer> {
@@ -311,7 +337,16 @@ impl Layer {
         self.check()?;
         debug_assert!((buf.len() as u64).is_multiple_of(BLOCK_SIZE) && !buf.is_empty());
         let count = (buf.len() as u64 / BLOCK_SIZE) as u32;
-        let pieces = self.plan(first, count);
+        let mut pieces = self.plan(first, count);
+        let relocate = scattered(&pieces, count);
+        if relocate {
+            // All of it into one run of new slots; the old ones are replaced.
+            pieces = vec![Piece {
+                block: first,
+                len: count,
+                slot: None,
+            }];
+        }
         // Give the new pieces their slots.
         let mut placed: Vec<(Extent, &[u8])> = Vec::with_capacity(pieces.len());
         let bytes = |block: u32, len: u32| {
@@ -323,7 +358,12 @@ impl Layer {
             let mut m = self.map.write();
             for p in pieces.iter().filter(|p| p.slot.is_none()) {
                 let mut block = p.block;
-                match self.alloc(&mut m, p.len) {
+                let runs = if relocate && m.next_slot + u64::from(p.len) <= SLOT_LIMIT {
+                    Ok(vec![self.append(&mut m, p.len)])
+                } else {
+                    self.alloc(&mut m, p.len)
+                };
+                match runs {
                     Ok(runs) => {
                         for (slot, len) in runs {
                             fresh.push(Extent { block, slot, len });
@@ -467,23 +507,30 @@ impl Layer {
             need -= len;
         }
         if need > 0 {
-            let s = m.next_slot;
-            m.next_slot += u64::from(need);
-            if m.next_slot > m.reserved_end {
-                let ahead = (m.next_slot / 8).clamp(PREALLOC_MIN, PREALLOC_MAX);
-                let to = (m.next_slot + ahead).min(SLOT_LIMIT);
-                // Advisory: without the reservation writes still work, slower.
-                if let Err(e) = self.data.preallocate(
-                    m.reserved_end * BLOCK_SIZE,
-                    (to - m.reserved_end) * BLOCK_SIZE,
-                ) {
-                    tracing::debug!(layer = %self.id, error = %e, "reserving space ahead failed");
-                }
-                m.reserved_end = to;
-            }
-            out.push((s as u32, need));
+            out.push(self.append(m, need));
         }
         Ok(out)
+    }
+
+    /// Hands out `n` new slots at the end of the file, in one run `(slot,
+    /// n)`, reserving space ahead. The caller checked that they fit under
+    /// `SLOT_LIMIT`.
+    fn append(&self, m: &mut LayerMap, n: u32) -> (u32, u32) {
+        let s = m.next_slot;
+        m.next_slot += u64::from(n);
+        if m.next_slot > m.reserved_end {
+            let ahead = (m.next_slot / 8).clamp(PREALLOC_MIN, PREALLOC_MAX);
+            let to = (m.next_slot + ahead).min(SLOT_LIMIT);
+            // Advisory: without the reservation writes still work, slower.
+            if let Err(e) = self.data.preallocate(
+                m.reserved_end * BLOCK_SIZE,
+                (to - m.reserved_end) * BLOCK_SIZE,
+            ) {
+                tracing::debug!(layer = %self.id, error = %e, "reserving space ahead failed");
+            }
+            m.reserved_end = to;
+        }
+        (s as u32, n)
     }
 
     /// Writes `bytes` at byte `at` of block `block` in place, when this layer
@@ -696,5 +743,102 @@ pub(crate) fn state_in(alloc: &AllocMap, block: u32) -> BlockState {
         BlockState::Zero
     } else {
         BlockState::Data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+
+    fn block_bytes(b: u32, seed: u8) -> Vec<u8> {
+        vec![(b as u8).wrapping_mul(7).wrapping_add(seed); BLOCK_SIZE as usize]
+    }
+
+    fn read_block(l: &Layer, b: u32) -> Vec<u8> {
+        let (state, run) = l.lookup(b);
+        assert_eq!(state, BlockState::Data, "block {b}");
+        let mut out = vec![0u8; BLOCK_SIZE as usize];
+        l.read_file(&mut out, slot_byte(run.unwrap().0)).unwrap();
+        out
+    }
+
+    #[test]
+    fn large_writes_over_scattered_slots_move_into_one_run_and_small_ones_stay() {
+        let storage: Arc<dyn Storage> = MemStorage::new();
+        let l = Layer::create(&storage, LayerId(1)).unwrap();
+        // 512 blocks written one by one in a shuffled order: scattered slots.
+        for i in 0..512u32 {
+            let b = (i * 389) % 512;
+            l.write_blocks(b, &block_bytes(b, 1)).unwrap();
+        }
+        let slots_before: Vec<u32> = (0..512).map(|b| l.lookup(b).1.unwrap().0).collect();
+        assert!(
+            l.lookup(100).1.unwrap().1 < RELOCATE_RUN,
+            "scattered to begin with"
+        );
+        // A small write over them stays in place.
+        let small: Vec<u8> = (200..210u32).flat_map(|b| block_bytes(b, 2)).collect();
+        l.write_blocks(200, &small).unwrap();
+        for b in 200..210 {
+            assert_eq!(l.lookup(b).1.unwrap().0, slots_before[b as usize]);
+        }
+        // A large one (1 MiB) moves into one run of slots after the others.
+        let big: Vec<u8> = (64..320u32).flat_map(|b| block_bytes(b, 3)).collect();
+        l.write_blocks(64, &big).unwrap();
+        let (state, run) = l.lookup(64);
+        assert_eq!(state, BlockState::Data);
+        let (slot, len) = run.unwrap();
+        assert!(
+            len >= 256 && slot >= 512,
+            "one new run: slot {slot}, {len} blocks"
+        );
+        // Every block reads what was last written to it.
+        for b in 0..512u32 {
+            let seed = match b {
+                64..320 => 3,
+                _ => 1,
+            };
+            assert_eq!(read_block(&l, b), block_bytes(b, seed), "block {b}");
+        }
+        // Written again, it stays where it now is: the run is not scattered.
+        l.write_blocks(64, &big).unwrap();
+        assert_eq!(l.lookup(64).1.unwrap().0, slot);
+        // A large write over scattered blocks and half of that run moves
+        // too; the rest of the run stays mapped where it was.
+        let front: Vec<u8> = (0..128u32).flat_map(|b| block_bytes(b, 3)).collect();
+        l.write_blocks(0, &front).unwrap();
+        let (moved, n) = l.lookup(0).1.unwrap();
+        assert!(n >= 128 && moved >= slot + 256, "slot {moved}, {n} blocks");
+        assert_eq!(l.lookup(128).1.unwrap().0, slot + 64);
+        // The replaced slots come back for new blocks after a persist and
+        // the barrier, not before.
+        let free_before = l.map.read().free.len();
+        l.write_blocks(600, &block_bytes(600, 4)).unwrap();
+        assert!(
+            l.lookup(600).1.unwrap().0 >= moved + 128,
+            "nothing reused yet"
+        );
+        assert_eq!(l.map.read().free.len(), free_before);
+        l.persist().unwrap();
+        l.reuse_retired();
+        l.write_blocks(601, &block_bytes(601, 5)).unwrap();
+        let reused = l.lookup(601).1.unwrap().0;
+        assert!(
+            slots_before[..320].contains(&reused),
+            "slot {reused} is one the large writes gave back"
+        );
+        assert_eq!(read_block(&l, 601), block_bytes(601, 5));
+        for b in 0..512u32 {
+            let seed = match b {
+                0..320 => 3,
+                _ => 1,
+            };
+            assert_eq!(
+                read_block(&l, b),
+                block_bytes(b, seed),
+                "block {b} at the end"
+            );
+        }
     }
 }
