@@ -140,6 +140,9 @@ struct Source {
     layer: usize,
     state: BlockState,
     slot: Option<u32>,
+    /// For data: how many blocks from this one on sit in the slots that
+    /// follow, as far as the lookup said (at least 1).
+    run: u32,
 }
 
 impl Source {
@@ -170,6 +173,7 @@ fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> So
                     layer: from + i,
                     state,
                     slot: run.map(|(slot, _)| slot),
+                    run: run.map_or(1, |(_, n)| n),
                 }),
             })
     };
@@ -181,12 +185,18 @@ fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> So
             (BlockState::Data, None) => layers[layer].run_at(block).map(|(s, _)| s),
             _ => slot,
         };
-        return Source { layer, state, slot };
+        return Source {
+            layer,
+            state,
+            slot,
+            run: 1,
+        };
     }
     scan(scan_to, layers.len()).unwrap_or(Source {
         layer: layers.len(),
         state: BlockState::Absent,
         slot: None,
+        run: 1,
     })
 }
 
@@ -215,6 +225,11 @@ fn read_chain(
         let block = (pos / BLOCK_SIZE) as u32;
         let source = resolve(layers, resolver, block);
         let mut next = u64::from(block) + 1;
+        if source.layer == 0 && source.state == BlockState::Data {
+            // Nothing is above the top layer: the blocks of its slot run
+            // come from it, in those slots, without asking block by block.
+            next = u64::from(block) + u64::from(source.run.max(1));
+        }
         while next * BLOCK_SIZE < end
             && source.continued_by(
                 &resolve(layers, resolver, next as u32),
