@@ -60,6 +60,18 @@ fn bad_requests_get_errors_and_the_connection_goes_on() {
     assert!(read_back(&f, 0, 8192).iter().all(|&b| b == 0x42));
 }
 
+/// Takes `n` replies, each a success for a cookie not answered before,
+/// and hands each cookie and its data to `check`.
+fn successes(c: &mut RawClient, n: usize, check: impl Fn(u64, &[u8])) {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let (cookie, err, data) = c.reply().unwrap();
+        assert_eq!(err, 0, "cookie {cookie}");
+        assert!(seen.insert(cookie), "cookie {cookie} answered twice");
+        check(cookie, &data);
+    }
+}
+
 #[test]
 fn many_requests_in_flight_each_answered_once() {
     let f = Fixture::new(8 * MIB);
@@ -79,11 +91,7 @@ fn many_requests_in_flight_each_answered_once() {
             &[0xa0 | (i as u8 & 0xf); 4096],
         );
     }
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..128 {
-        let (cookie, err, data) = c.reply().unwrap();
-        assert_eq!(err, 0);
-        assert!(seen.insert(cookie), "cookie {cookie} answered twice");
+    successes(&mut c, 128, |cookie, data| {
         if cookie < 2000 {
             let i = cookie - 1000;
             assert!(
@@ -91,7 +99,7 @@ fn many_requests_in_flight_each_answered_once() {
                 "read {i} got another block's data"
             );
         }
-    }
+    });
     c.disconnect();
     for i in 0..64u64 {
         assert!(
@@ -165,11 +173,7 @@ fn reads_that_must_wait_for_the_device_are_answered_right() {
                 &[0xc0; 4096],
             );
         }
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..128 {
-            let (cookie, err, data) = c.reply().unwrap();
-            assert_eq!(err, 0);
-            assert!(seen.insert(cookie), "cookie {cookie} answered twice");
+        successes(&mut c, 128, |cookie, data| {
             if cookie < 2000 {
                 let b = cookie - 1000;
                 assert!(
@@ -177,7 +181,7 @@ fn reads_that_must_wait_for_the_device_are_answered_right() {
                     "workers {workers}: read of block {b} got other bytes"
                 );
             }
-        }
+        });
         c.disconnect();
         assert!(read_back(&f, 4 * MIB, 64 * 4096).iter().all(|&x| x == 0xc0));
     }
