@@ -507,6 +507,9 @@ const PAGE: u64 = 4096;
 enum Route {
     /// Run here, now.
     Inline,
+    /// A read run here if the engine can answer it from memory, else by a
+    /// helper.
+    Cached { offset: u64, len: u32 },
     /// Handed to a helper: it may wait on the device (flush, FUA, trim and
     /// zeroing, reads not in memory) or is large enough to overlap with the
     /// next request's transfer.
@@ -577,7 +580,7 @@ impl Connection {
             };
             let route = match cmd {
                 _ if !helped => Route::Inline,
-                Command::Read { len, .. } if len <= INLINE_MAX => Route::Inline,
+                Command::Read { offset, len } if len <= INLINE_MAX => Route::Cached { offset, len },
                 // A write of part of a page may first read the page in.
                 Command::Write {
                     offset,
@@ -595,27 +598,24 @@ impl Connection {
                         buf.resize(len as usize, 0);
                         self.read_exact(reader, buf)?;
                     }
-                    if let Command::Read { offset, len } = cmd
-                        && helped
-                    {
-                        buf.resize(len as usize, 0);
-                        match self.disk.try_read(buf, offset) {
-                            Ok(true) => self.reply_read(req.cookie, offset, buf, When::Later)?,
-                            // Not in memory: a helper waits for the device.
-                            Ok(false) => self.jobs.push(self, Job::new(&self.jobs, req, cmd)),
-                            Err(e) => self.reply_disk_error(req.cookie, e, When::Later)?,
-                        }
-                        continue;
-                    }
                     self.run(req.cookie, cmd, buf, When::Later)?;
                 }
+                Route::Cached { offset, len } => {
+                    buf.resize(len as usize, 0);
+                    match self.disk.try_read(buf, offset) {
+                        Ok(true) => self.reply_read(req.cookie, offset, buf, When::Later)?,
+                        // Not in memory: a helper waits for the device.
+                        Ok(false) => self.jobs.push(&self.writer, self.jobs.job(req.cookie, cmd)),
+                        Err(e) => self.reply_disk_error(req.cookie, e, When::Later)?,
+                    }
+                }
                 Route::Helper => {
-                    let mut job = Job::new(&self.jobs, req, cmd);
+                    let mut job = self.jobs.job(req.cookie, cmd);
                     if let Command::Write { len, .. } = cmd {
                         job.buf.resize(len as usize, 0);
                         self.read_exact(reader, &mut job.buf)?;
                     }
-                    self.jobs.push(self, job);
+                    self.jobs.push(&self.writer, job);
                 }
             }
         }
@@ -792,7 +792,7 @@ impl Connection {
 }
 
 /// Replies up to this size are copied into the shared batch; larger ones
-/// (big reads) wait for their turn and go out from the worker's buffer.
+/// (big reads) wait for their turn and go out from the thread's buffer.
 const BATCH_REPLY: usize = 64 << 10;
 
 /// Replies held back ([`When::Later`]) go out anyway once this many bytes
@@ -930,16 +930,6 @@ struct Job {
     buf: Vec<u8>,
 }
 
-impl Job {
-    fn new(jobs: &Jobs, req: Request, cmd: Command) -> Job {
-        Job {
-            cookie: req.cookie,
-            cmd,
-            buf: jobs.state.lock().spare.pop().unwrap_or_default(),
-        }
-    }
-}
-
 /// The queue between a connection's reader and its helpers.
 #[derive(Default)]
 struct Jobs {
@@ -977,14 +967,23 @@ impl Job {
 }
 
 impl Jobs {
-    /// Queues `job`, first waiting for room; replies held back leave
-    /// before any wait.
-    fn push(&self, conn: &Connection, job: Job) {
+    /// A job for `cmd`, with a buffer kept from an earlier one if any.
+    fn job(&self, cookie: u64, cmd: Command) -> Job {
+        Job {
+            cookie,
+            cmd,
+            buf: self.state.lock().spare.pop().unwrap_or_default(),
+        }
+    }
+
+    /// Queues `job`, first waiting for room; the replies `writer` holds
+    /// back leave before any wait.
+    fn push(&self, writer: &Replies, job: Job) {
         let mut st = self.state.lock();
         if st.full() {
             drop(st);
             // A failed send shows on the next read; the job is still run.
-            let _ = conn.writer.flush();
+            let _ = writer.flush();
             st = self.state.lock();
             while st.full() {
                 self.room.wait(&mut st);

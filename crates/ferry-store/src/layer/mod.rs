@@ -6,10 +6,11 @@
 //! writes append to its file, into space reserved ahead with
 //! `fallocate(KEEP_SIZE)`; an overwrite of a block the layer holds goes to
 //! its slot in place, unless it is part of a large write over blocks held
-//! in scattered slots, which moves to one run of new slots (`scattered`). (A file addressed like the volume would make every
-//! first write of a block after a snapshot fill a hole at a random place,
-//! which costs the kernel 2–3× an overwrite, and spread a chain's cached
-//! pages thinly over many sparse files; `bench/README.md` has the figures.)
+//! in scattered slots, which moves to one run of new slots (`scattered`).
+//! (A file addressed like the volume would make every first write of a
+//! block after a snapshot fill a hole at a random place, which costs the
+//! kernel 2–3× an overwrite, and spread a chain's cached pages thinly over
+//! many sparse files; `bench/README.md` has the figures.)
 //!
 //! Invariants:
 //! - a block is mapped only after its data was written to its slot;
@@ -18,8 +19,8 @@
 //!   for it (the durability contract's "data before allocation record");
 //! - no two blocks share a slot;
 //! - a slot unmapped in memory (its block zeroed, or given a newer slot by
-//!   a racing writer or a relocating large write) is reused only after a journal record that no longer
-//!   names it is durable *and* the owner has passed a barrier with no I/O in
+//!   a racing writer or a relocating large write) is reused only after a
+//!   journal record that no longer names it is durable *and* the owner has passed a barrier with no I/O in
 //!   flight ([`Layer::reuse_retired`]), so no write aimed at the old mapping
 //!   can land in it once it holds another block.
 //!
