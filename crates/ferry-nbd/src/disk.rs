@@ -70,6 +70,21 @@ impl Disk {
         })
     }
 
+    /// Hands `f` the bytes of `offset..offset+len` as iovecs into the page
+    /// cache (see [`VolumeHandle::read_mapped`]); `Ok(None)` where the
+    /// storage has no mappings.
+    pub fn read_mapped<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[libc::iovec]) -> R,
+    ) -> Result<Option<R>, DiskError> {
+        Ok(match self {
+            Disk::Volume(v) => v.read_mapped(offset, len, f)?,
+            Disk::Snapshot(s) => s.read_mapped(offset, len, f)?,
+        })
+    }
+
     fn volume(&self) -> Result<&VolumeHandle, DiskError> {
         match self {
             Disk::Volume(v) => Ok(v),

@@ -101,6 +101,14 @@ impl Stream {
             Stream::Unix(s) => s.shutdown(how),
         };
     }
+
+    fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
 }
 
 impl Read for &Stream {
@@ -651,6 +659,13 @@ impl Connection {
         let d = &self.disk;
         let done = match cmd {
             Command::Read { offset, len } => {
+                if len >= MAPPED_READ_MIN {
+                    match self.reply_read_mapped(cookie, offset, len, buf) {
+                        Mapped::Sent(sent) => return sent,
+                        Mapped::Failed(e) => return self.reply_disk_error(cookie, e, when),
+                        Mapped::Unmapped => {}
+                    }
+                }
                 buf.resize(len as usize, 0);
                 match d.read(buf, offset) {
                     Ok(()) => return self.reply_read(cookie, offset, buf, when),
@@ -724,6 +739,74 @@ impl Connection {
         );
         self.writer
             .send(&[&header, &offset.to_be_bytes(), data], when)
+    }
+
+    /// Replies to a read with its bytes sent from the page cache, through
+    /// mappings of the layers' files, so that they are copied once (into
+    /// the socket) instead of twice. The send may not wait while the volume
+    /// is held: what the socket does not take at once is read into `buf`
+    /// and sent after.
+    fn reply_read_mapped(&self, cookie: u64, offset: u64, len: u32, buf: &mut Vec<u8>) -> Mapped {
+        let mut header = [0u8; 28];
+        let header: &[u8] = if self.agreement.structured {
+            header[..20].copy_from_slice(&chunk_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                cookie,
+                8 + len,
+            ));
+            header[20..].copy_from_slice(&offset.to_be_bytes());
+            &header
+        } else {
+            header[..16].copy_from_slice(&simple_reply(0, cookie));
+            &header[..16]
+        };
+        let mut outcome = Mapped::Unmapped;
+        let sent = self.writer.send_with(|sock| {
+            let fd = sock.raw_fd();
+            let sent = match self
+                .disk
+                .read_mapped(offset, u64::from(len), |data| send_now(fd, header, data))
+            {
+                Ok(Some(Ok(sent))) => sent,
+                Ok(Some(Err(e))) => {
+                    if e.raw_os_error() == Some(libc::EFAULT) {
+                        // Only a page the kernel could not read does this.
+                        tracing::warn!(
+                            export = %self.agreement.export.name,
+                            offset,
+                            len,
+                            "a read failed in the send (device error?); ending the connection"
+                        );
+                    }
+                    return Err(e);
+                }
+                // Before a byte is sent: the caller replies the usual way.
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    outcome = Mapped::Failed(e);
+                    return Ok(());
+                }
+            };
+            outcome = Mapped::Sent(Ok(()));
+            let total = header.len() + len as usize;
+            if sent == total {
+                return Ok(());
+            }
+            // The socket is full: the rest is read (no longer holding the
+            // volume) and sent the usual way. Failing now leaves a reply
+            // cut short, which only the end of the connection can answer.
+            let data_sent = sent.saturating_sub(header.len());
+            buf.resize(len as usize - data_sent, 0);
+            self.disk
+                .read(buf, offset + data_sent as u64)
+                .map_err(|e| io::Error::other(e.message))?;
+            write_all_parts(&mut &*sock, &[&header[sent.min(header.len())..], buf])
+        });
+        match (sent, outcome) {
+            (Err(e), _) => Mapped::Sent(Err(e)),
+            (Ok(()), outcome) => outcome,
+        }
     }
 
     fn reply_block_status(
@@ -851,13 +934,22 @@ impl Replies {
                 return if st.broken { Err(broken()) } else { Ok(()) };
             }
             st.writing = true;
-            return self.write_batches(st, None);
+            return self.write_batches(st, None::<fn(&Stream) -> io::Result<()>>);
         }
+        drop(st);
+        self.send_with(|sock| write_all_parts(&mut &*sock, parts))
+    }
+
+    /// Sends a large reply: as the writer, after what is pending, `send`
+    /// writes it to the socket itself. An error from `send` finishes the
+    /// connection.
+    fn send_with(&self, send: impl FnOnce(&Stream) -> io::Result<()>) -> io::Result<()> {
+        let mut st = self.state.lock();
         while st.writing {
             self.idle.wait(&mut st);
         }
         st.writing = true;
-        self.write_batches(st, Some(parts))
+        self.write_batches(st, Some(send))
     }
 
     /// Sends the replies held back, unless a writer is at it already.
@@ -870,7 +962,7 @@ impl Replies {
             return Ok(());
         }
         st.writing = true;
-        self.write_batches(st, None)
+        self.write_batches(st, None::<fn(&Stream) -> io::Result<()>>)
     }
 
     /// As the writer: sends what is pending (then `own`, a large reply),
@@ -878,7 +970,7 @@ impl Replies {
     fn write_batches<'a>(
         &'a self,
         mut st: parking_lot::MutexGuard<'a, Batch>,
-        mut own: Option<&[&[u8]]>,
+        mut own: Option<impl FnOnce(&Stream) -> io::Result<()>>,
     ) -> io::Result<()> {
         let mut result = Ok(());
         loop {
@@ -894,9 +986,9 @@ impl Replies {
             drop(st);
             let mut sent = write_all_parts(&mut &self.sock, &[&batch]);
             if sent.is_ok()
-                && let Some(parts) = own.take()
+                && let Some(send) = own.take()
             {
-                sent = write_all_parts(&mut &self.sock, parts);
+                sent = send(&self.sock);
             }
             batch.clear();
             st = self.state.lock();
@@ -911,6 +1003,67 @@ impl Replies {
         self.idle.notify_all();
         result
     }
+}
+
+/// Reads from this size on are sent from the page cache through mappings
+/// ([`Connection::reply_read_mapped`]); below it the copy into a buffer costs
+/// less than building the pieces.
+const MAPPED_READ_MIN: u32 = 64 << 10;
+
+/// How [`Connection::reply_read_mapped`] ended.
+enum Mapped {
+    /// Replied (or the connection failed).
+    Sent(io::Result<()>),
+    /// The disk refused the read (out of range, gone): nothing was sent.
+    Failed(DiskError),
+    /// The storage has no mappings: nothing was sent.
+    Unmapped,
+}
+
+/// Sends `header` then `data` (iovecs only system calls may read) on the
+/// socket `fd` as far as it takes them without waiting; how many bytes
+/// went. A failure after some bytes went is an error too: the reply is cut.
+fn send_now(fd: std::os::fd::RawFd, header: &[u8], data: &[libc::iovec]) -> io::Result<usize> {
+    const IOV_MAX: usize = 1024;
+    let mut iov = Vec::with_capacity(data.len() + 1);
+    iov.push(libc::iovec {
+        iov_base: header.as_ptr().cast_mut().cast(),
+        iov_len: header.len(),
+    });
+    iov.extend_from_slice(data);
+    let mut sent = 0usize;
+    let mut first = 0;
+    while first < iov.len() {
+        let batch = &iov[first..iov.len().min(first + IOV_MAX)];
+        // SAFETY: an all-zero msghdr is valid; the one filled below points
+        // at `batch`, alive for the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = batch.as_ptr().cast_mut();
+        msg.msg_iovlen = batch.len() as _;
+        // SAFETY: `msg` names iovecs valid for reading during the call (the
+        // header, and data the caller keeps mapped and held).
+        let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(sent),
+                _ => return Err(e),
+            }
+        }
+        let mut n = n as usize;
+        sent += n;
+        while first < iov.len() && n >= iov[first].iov_len {
+            n -= iov[first].iov_len;
+            first += 1;
+        }
+        if n > 0 {
+            // SAFETY: `n` is less than the iovec's length: it stays inside.
+            iov[first].iov_base = unsafe { iov[first].iov_base.cast::<u8>().add(n) }.cast();
+            iov[first].iov_len -= n;
+        }
+    }
+    Ok(sent)
 }
 
 /// Requests handed to helpers at most, per connection, and their buffers'

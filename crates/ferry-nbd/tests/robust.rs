@@ -187,6 +187,72 @@ fn reads_that_must_wait_for_the_device_are_answered_right() {
     }
 }
 
+/// Large reads are sent from the page cache without waiting while the
+/// volume is held; what a full socket does not take at once is read again
+/// and sent after. A client that reads nothing until it has asked for 53 MiB
+/// (far more than the socket buffers hold) gets every reply whole, in its
+/// place, from a chain of two layers with a trimmed hole, on the live volume
+/// and on a snapshot export.
+#[test]
+fn large_reads_that_fill_the_socket_are_sent_whole() {
+    const SIZE: u64 = 64 * MIB;
+    // Each block says which block it is, so one sent in another's place shows.
+    let block = |b: u64, round: u8| -> Vec<u8> {
+        let mut v = vec![round ^ (b as u8); 4096];
+        v[..8].copy_from_slice(&b.to_le_bytes());
+        v
+    };
+    for workers in [4, 1] {
+        let f = Fixture::with_config(
+            SIZE,
+            ferry_nbd::ServerConfig {
+                workers,
+                ..Default::default()
+            },
+        );
+        let v = f.store.volume("disk").unwrap();
+        let mut want = vec![0u8; SIZE as usize];
+        let put = |want: &mut Vec<u8>, b: u64, round: u8| {
+            let bytes = block(b, round);
+            v.write(&bytes, b * 4096, false).unwrap();
+            want[(b * 4096) as usize..][..4096].copy_from_slice(&bytes);
+        };
+        for b in 0..SIZE / 4096 {
+            put(&mut want, b, 1);
+        }
+        f.export_snapshot("snap", "s1");
+        let old = want.clone();
+        // Every fifth block again, in a scattered order: the head's slots.
+        for i in 0..SIZE / 4096 {
+            let b = (i * 7919) % (SIZE / 4096);
+            if b.is_multiple_of(5) {
+                put(&mut want, b, 2);
+            }
+        }
+        v.trim(10 * MIB, MIB + 8192, false).unwrap();
+        want[(10 * MIB) as usize..][..(MIB + 8192) as usize].fill(0);
+        for (export, want) in [("disk", &want), ("snap", &old)] {
+            let mut c = RawClient::connect(f.addr, export);
+            let reads = [
+                (1, 1000, 32 * MIB),
+                (2, 40 * MIB + 3, 20 * MIB),
+                (3, 9 * MIB, MIB),
+            ];
+            for &(cookie, offset, len) in &reads {
+                c.send(CMD_READ, 0, cookie, offset, len as u32, &[]);
+            }
+            successes(&mut c, reads.len(), |cookie, data| {
+                let (_, offset, len) = reads[cookie as usize - 1];
+                assert!(
+                    data == &want[offset as usize..][..len as usize],
+                    "workers {workers}, {export}: read {cookie} ({len} at {offset})"
+                );
+            });
+            c.disconnect();
+        }
+    }
+}
+
 #[test]
 fn malformed_handshakes_cost_only_their_connection() {
     let f = Fixture::new(MIB);

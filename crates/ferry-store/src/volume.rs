@@ -63,6 +63,15 @@ impl VolumeState {
     fn read(&self, buf: &mut [u8], offset: u64, wait: Wait) -> std::io::Result<bool> {
         read_chain(&self.layers, self.resolver(), buf, offset, wait)
     }
+
+    fn read_mapped<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[libc::iovec]) -> R,
+    ) -> Option<R> {
+        read_mapped_chain(&self.layers, self.resolver(), offset, len, f)
+    }
 }
 
 #[derive(Debug)]
@@ -200,27 +209,26 @@ fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> So
     })
 }
 
-/// Reads `buf.len()` bytes at `offset` through a chain (bounds already checked).
-///
-/// The blocks are first cut in runs that come from one layer's consecutive
-/// slots. Runs whose slots in turn sit side by side in the layer's file, in
-/// whatever order the request holds them (blocks first written by racing
-/// writers take slots in the order they arrived), are then read by one
-/// vectored read.
-fn read_chain(
+/// A piece of a read through a chain, in the request's order.
+#[derive(Clone, Copy, Debug)]
+enum Piece {
+    /// `len` bytes from byte `at` of `layers[layer]`'s data file.
+    Data { layer: usize, at: u64, len: usize },
+    /// `len` bytes of zeros.
+    Zero(usize),
+}
+
+/// Cuts `offset..offset+len` of a chain (bounds already checked) into runs
+/// that come from one layer's consecutive slots, or are zeros, in order.
+fn plan_chain(
     layers: &[Arc<Layer>],
     resolver: Option<&Resolver>,
-    buf: &mut [u8],
     offset: u64,
-    wait: Wait,
-) -> std::io::Result<bool> {
-    let end = offset + buf.len() as u64;
+    len: u64,
+    mut emit: impl FnMut(Piece),
+) {
+    let end = offset + len;
     let mut pos = offset;
-    // (layer, byte in its data file, where the bytes go): the first data
-    // run apart, so a request of one run (most small ones) allocates nothing
-    let mut first: Option<(usize, u64, &mut [u8])> = None;
-    let mut runs: Vec<(usize, u64, &mut [u8])> = Vec::new();
-    let mut rest = buf;
     while pos < end {
         let block = (pos / BLOCK_SIZE) as u32;
         let source = resolve(layers, resolver, block);
@@ -239,21 +247,53 @@ fn read_chain(
             next += 1;
         }
         let run_end = end.min(next * BLOCK_SIZE);
-        let (out, tail) = std::mem::take(&mut rest).split_at_mut((run_end - pos) as usize);
-        rest = tail;
-        match (source.state, source.slot) {
-            (BlockState::Data, Some(slot)) => {
-                let run = (source.layer, slot_byte(slot) + pos % BLOCK_SIZE, out);
-                match first {
-                    None => first = Some(run),
-                    Some(_) => runs.push(run),
-                }
-            }
+        let len = (run_end - pos) as usize;
+        emit(match (source.state, source.slot) {
+            (BlockState::Data, Some(slot)) => Piece::Data {
+                layer: source.layer,
+                at: slot_byte(slot) + pos % BLOCK_SIZE,
+                len,
+            },
             // Zeros, nothing, or data zeroed by a racing trim.
-            _ => out.fill(0),
-        }
+            _ => Piece::Zero(len),
+        });
         pos = run_end;
     }
+}
+
+/// Reads `buf.len()` bytes at `offset` through a chain (bounds already checked).
+///
+/// Runs whose slots sit side by side in a layer's file, in whatever order
+/// the request holds them (blocks first written by racing writers take
+/// slots in the order they arrived), are read by one vectored read.
+fn read_chain(
+    layers: &[Arc<Layer>],
+    resolver: Option<&Resolver>,
+    buf: &mut [u8],
+    offset: u64,
+    wait: Wait,
+) -> std::io::Result<bool> {
+    // (layer, byte in its data file, where the bytes go): the first data
+    // run apart, so a request of one run (most small ones) allocates nothing
+    let mut first: Option<(usize, u64, &mut [u8])> = None;
+    let mut runs: Vec<(usize, u64, &mut [u8])> = Vec::new();
+    let len = buf.len() as u64;
+    let mut rest = buf;
+    plan_chain(layers, resolver, offset, len, |piece| match piece {
+        Piece::Data { layer, at, len } => {
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            match first {
+                None => first = Some((layer, at, out)),
+                Some(_) => runs.push((layer, at, out)),
+            }
+        }
+        Piece::Zero(len) => {
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            out.fill(0);
+        }
+    });
     let Some((layer, at, out)) = first else {
         return Ok(true);
     };
@@ -289,6 +329,63 @@ fn read_chain(
         }
     }
     Ok(true)
+}
+
+/// Zeros for the zero runs of [`read_mapped_chain`].
+static ZERO_RUN: [u8; 1 << 16] = [0; 1 << 16];
+
+/// Hands `f` the bytes of `offset..offset+len` of a chain (bounds already
+/// checked) as iovecs, in order: pointers into mappings of the layers'
+/// files, and zeros. Only system calls may read them (see
+/// [`Mapping`](crate::storage::Mapping)), and only during `f`. `None`, with
+/// `f` not called, when some layer's file has no mapping.
+fn read_mapped_chain<R>(
+    layers: &[Arc<Layer>],
+    resolver: Option<&Resolver>,
+    offset: u64,
+    len: u64,
+    f: impl FnOnce(&[libc::iovec]) -> R,
+) -> Option<R> {
+    let mut pieces = Vec::new();
+    // How far into each layer's file the pieces reach.
+    let mut reach = vec![0u64; layers.len()];
+    plan_chain(layers, resolver, offset, len, |piece| {
+        if let Piece::Data { layer, at, len } = piece {
+            reach[layer] = reach[layer].max(at + len as u64);
+        }
+        pieces.push(piece);
+    });
+    let maps = reach
+        .iter()
+        .zip(layers)
+        .map(|(&end, layer)| match end {
+            0 => Some(None),
+            end => layer.mapping(end).map(Some),
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let mut iov = Vec::with_capacity(pieces.len());
+    for piece in pieces {
+        match piece {
+            Piece::Data { layer, at, len } => {
+                let map = maps[layer].as_ref()?;
+                iov.push(libc::iovec {
+                    iov_base: map.addr(at, len as u64)?.cast_mut().cast(),
+                    iov_len: len,
+                });
+            }
+            Piece::Zero(mut len) => {
+                while len > 0 {
+                    let n = len.min(ZERO_RUN.len());
+                    iov.push(libc::iovec {
+                        iov_base: ZERO_RUN.as_ptr().cast_mut().cast(),
+                        iov_len: n,
+                    });
+                    len -= n;
+                }
+            }
+        }
+    }
+    Some(f(&iov))
 }
 
 /// Whether a read may wait for the device.
@@ -426,6 +523,25 @@ impl VolumeHandle {
         let st = self.vol.begin(offset, buf.len() as u64)?;
         st.read(buf, offset, Wait::No)
             .map_err(|e| self.vol.io_err("reading", e))
+    }
+
+    /// Hands `f` the bytes of `offset..offset+len` as iovecs for a system
+    /// call to copy out (a socket send), without copying them first: they
+    /// point into read-only mappings of the layers' files, and at zeros.
+    /// The slots they show stay theirs until `f` returns (the volume's read
+    /// guard is held), so `f` must not wait long: a send that would block
+    /// should stop, and the caller reads the rest with [`read`](Self::read).
+    /// Only system calls may read the iovecs' bytes (a device error fails
+    /// the call with `EFAULT`). `Ok(None)`, with `f` not called, where the
+    /// storage has no mappings.
+    pub fn read_mapped<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[libc::iovec]) -> R,
+    ) -> Result<Option<R>> {
+        let st = self.vol.begin(offset, len)?;
+        Ok(st.read_mapped(offset, len, f))
     }
 
     /// Writes `buf` at any byte `offset`; with `fua` it is durable on return.
@@ -575,6 +691,17 @@ impl SnapshotReader {
     /// [`VolumeHandle::try_read`]).
     pub fn try_read(&self, buf: &mut [u8], offset: u64) -> Result<bool> {
         self.read_chain(buf, offset, Wait::No)
+    }
+
+    /// Like [`VolumeHandle::read_mapped`].
+    pub fn read_mapped<R>(
+        &self,
+        offset: u64,
+        len: u64,
+        f: impl FnOnce(&[libc::iovec]) -> R,
+    ) -> Result<Option<R>> {
+        let resolver = self.check(offset, len)?;
+        Ok(read_mapped_chain(&self.layers, resolver, offset, len, f))
     }
 
     fn read_chain(&self, buf: &mut [u8], offset: u64, wait: Wait) -> Result<bool> {

@@ -326,6 +326,12 @@ impl Layer {
         self.data.read_vectored_at(bufs, at)
     }
 
+    /// A mapping of at least the data file's first `len` bytes, if the
+    /// storage has one (see [`StorageFile::mapping`]).
+    pub fn mapping(&self, len: u64) -> Option<Arc<crate::storage::Mapping>> {
+        self.data.mapping(len)
+    }
+
     /// Like [`read_file_vectored`](Self::read_file_vectored) without device
     /// I/O: `false` when some byte is not in memory.
     pub fn try_read_file_vectored(&self, bufs: &mut [&mut [u8]], at: u64) -> io::Result<bool> {

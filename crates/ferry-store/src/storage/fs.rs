@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Storage, StorageFile};
+use super::{Mapping, Storage, StorageFile};
 
 /// Files under one directory of the host file system.
 #[derive(Debug)]
@@ -60,6 +60,8 @@ impl Storage for FsStorage {
         Ok(Arc::new(FsFile {
             file,
             nowait_unsupported: AtomicBool::new(false),
+            mapping: parking_lot::Mutex::new(None),
+            map_failed: AtomicBool::new(false),
         }))
     }
 
@@ -99,6 +101,10 @@ struct FsFile {
     file: File,
     /// The file system refused `RWF_NOWAIT`: stop asking.
     nowait_unsupported: AtomicBool,
+    /// The newest mapping of the file, made on first use.
+    mapping: parking_lot::Mutex<Option<Arc<Mapping>>>,
+    /// Mapping failed once: stop trying.
+    map_failed: AtomicBool,
 }
 
 impl StorageFile for FsFile {
@@ -184,6 +190,31 @@ impl StorageFile for FsFile {
             at += total as u64;
         }
         Ok(true)
+    }
+
+    fn mapping(&self, len: u64) -> Option<Arc<Mapping>> {
+        if self.map_failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut current = self.mapping.lock();
+        if let Some(m) = &*current
+            && m.len() >= len
+        {
+            return Some(m.clone());
+        }
+        // A longer one: readers of the old one keep it until they are done.
+        match Mapping::new(self.file.as_raw_fd(), len, current.as_deref()) {
+            Ok(m) => {
+                let m = Arc::new(m);
+                *current = Some(m.clone());
+                Some(m)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mapping a data file failed; reads copy instead");
+                self.map_failed.store(true, Ordering::Relaxed);
+                None
+            }
+        }
     }
 
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {

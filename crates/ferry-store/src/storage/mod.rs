@@ -9,10 +9,12 @@
 
 mod fault;
 mod fs;
+mod map;
 mod mem;
 
 pub use fault::{FaultMode, FaultStorage};
 pub use fs::FsStorage;
+pub use map::Mapping;
 pub use mem::MemStorage;
 #[cfg(test)]
 pub(crate) use mem::splitmix as splitmix_for_tests;
@@ -60,6 +62,15 @@ pub trait StorageFile: Send + Sync + Debug + 'static {
     fn try_read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<bool> {
         let _ = (bufs, offset);
         Ok(false)
+    }
+    /// A read-only shared mapping of at least the file's first `len` bytes,
+    /// for handing bytes in the page cache to the kernel (a socket send)
+    /// without first copying them into a buffer; see [`Mapping`] for its
+    /// rules. `None` where the file has none (the default), and callers
+    /// then read with [`read_vectored_at`](Self::read_vectored_at).
+    fn mapping(&self, len: u64) -> Option<Arc<Mapping>> {
+        let _ = len;
+        None
     }
     /// Writes `bufs` in turn from `offset` on (`pwritev`).
     fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
