@@ -315,26 +315,77 @@ fn malformed_handshakes_cost_only_their_connection() {
     f.server.wait_idle();
 }
 
+/// A write cut short by the client's end changes nothing: a small one (run
+/// by the reader) and a large one (handed to a helper).
 #[test]
 fn a_client_vanishing_mid_write_changes_nothing() {
-    let f = Fixture::new(MIB);
-    fill(&f, 0x33, 0, 65536);
+    let f = Fixture::new(4 * MIB);
+    for (len, sent) in [(65536u32, 10_000usize), (MIB as u32, 700_000)] {
+        fill(&f, 0x33, 0, len as usize);
+        let mut c = RawClient::connect(f.addr, "disk");
+        let req = Request {
+            flags: 0,
+            command: CMD_WRITE,
+            cookie: 9,
+            offset: 0,
+            len,
+        };
+        c.sock.write_all(&encode_request(&req)).unwrap();
+        c.sock.write_all(&vec![0xcc; sent]).unwrap();
+        drop(c);
+        f.server.wait_idle();
+        assert!(
+            read_back(&f, 0, len as usize).iter().all(|&b| b == 0x33),
+            "{len} bytes cut after {sent}"
+        );
+        let mut c = RawClient::connect(f.addr, "disk");
+        assert_eq!(c.call(CMD_READ, 0, 0, 4096, &[]).0, 0);
+        c.disconnect();
+    }
+}
+
+/// Large writes whose payload arrives at once or trickles in (100 bytes per
+/// segment) land whole, pipelined with small and unaligned writes.
+#[test]
+fn large_writes_land_whole_also_when_they_trickle_in() {
+    let f = Fixture::new(16 * MIB);
     let mut c = RawClient::connect(f.addr, "disk");
-    let req = Request {
-        flags: 0,
-        command: CMD_WRITE,
-        cookie: 9,
-        offset: 0,
-        len: 65536,
-    };
-    c.sock.write_all(&encode_request(&req)).unwrap();
-    c.sock.write_all(&[0xcc; 10_000]).unwrap();
-    drop(c);
-    f.server.wait_idle();
-    assert!(read_back(&f, 0, 65536).iter().all(|&b| b == 0x33));
-    let mut c = RawClient::connect(f.addr, "disk");
-    assert_eq!(c.call(CMD_READ, 0, 0, 4096, &[]).0, 0);
+    c.sock.set_nodelay(true).unwrap();
+    let writes: [(u64, u64, u32, usize); 5] = [
+        // cookie, offset, length, bytes per write(2) of the payload
+        (1, 0, MIB as u32, MIB as usize),
+        (2, 2 * MIB, MIB as u32, 100),
+        (3, 4 * MIB + 512, 300_000, 65536),
+        (4, 6 * MIB, 512 << 10, 4096),
+        (5, 8 * MIB, 4096, 4096),
+    ];
+    for &(cookie, offset, len, piece) in &writes {
+        let payload = vec![cookie as u8 * 17; len as usize];
+        let req = Request {
+            flags: 0,
+            command: CMD_WRITE,
+            cookie,
+            offset,
+            len,
+        };
+        c.sock.write_all(&encode_request(&req)).unwrap();
+        for chunk in payload.chunks(piece) {
+            c.sock.write_all(chunk).unwrap();
+        }
+    }
+    successes(&mut c, writes.len(), |_, _| {});
     c.disconnect();
+    for &(cookie, offset, len, _) in &writes {
+        let got = read_back(&f, offset, len as usize);
+        assert!(
+            got.iter().all(|&b| b == cookie as u8 * 17),
+            "write {cookie} ({len} at {offset})"
+        );
+    }
+    assert!(
+        read_back(&f, MIB, MIB as usize).iter().all(|&b| b == 0),
+        "between"
+    );
 }
 
 #[test]
