@@ -4,7 +4,7 @@
 //! Threads, not tasks, carry the data path. A connection has one reader
 //! thread and a few helpers. The reader takes requests off the socket in
 //! order and runs the quick ones itself: writes of whole pages up to
-//! 128 KiB land in the page cache, and reads up to 128 KiB are tried with
+//! 1 MiB land in the page cache, and reads up to 128 KiB are tried with
 //! `RWF_NOWAIT`, which answers only from memory. Their replies are held
 //! back and leave together when the reader has to wait for the client, so
 //! one receive's requests are answered with one send, with no thread
@@ -13,7 +13,8 @@
 //! (reads not in memory, flush, FUA writes, partial pages, trim and
 //! zeroing) or is large goes to a helper through a bounded queue, so a slow
 //! request never holds up the quick ones behind it; replies leave in
-//! completion order.
+//! completion order. Large reads are sent from mappings of the layers'
+//! files, copied once ([`Connection::reply_read_mapped`]).
 //!
 //! The tokio runtime only accepts connections and, after STARTTLS, relays
 //! between the TLS stream and a Unix socket pair whose other end the
@@ -504,9 +505,13 @@ struct Connection {
     jobs: Jobs,
 }
 
-/// Requests the reader runs itself when small enough: reads answered from
-/// memory and writes, which land in the page cache.
+/// Reads the reader answers itself when the engine has them in memory.
 const INLINE_MAX: u32 = 128 << 10;
+/// Writes the reader runs itself (non-FUA, whole pages): they land in the
+/// page cache. Up to 1 MiB the payload is still in this core's cache when
+/// it is copied on; handing a 1 MiB write to a helper cost 25 % more CPU
+/// per write and 10-15 % of the throughput (bench/README.md).
+const INLINE_WRITE_MAX: u32 = 1 << 20;
 
 /// Writes of whole pages only are run by the reader.
 const PAGE: u64 = 4096;
@@ -594,7 +599,7 @@ impl Connection {
                     offset,
                     len,
                     fua: false,
-                } if len <= INLINE_MAX && (offset | u64::from(len)).is_multiple_of(PAGE) => {
+                } if len <= INLINE_WRITE_MAX && (offset | u64::from(len)).is_multiple_of(PAGE) => {
                     Route::Inline
                 }
                 Command::BlockStatus { .. } | Command::Cache { .. } => Route::Inline,
