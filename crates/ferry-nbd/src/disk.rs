@@ -72,7 +72,7 @@ impl Disk {
 
     /// Hands `f` the bytes of `offset..offset+len` as iovecs into the page
     /// cache (see [`VolumeHandle::read_mapped`]); `Ok(None)` where the
-    /// storage has no mappings.
+    /// storage has no mappings or the bytes are not all in memory.
     pub fn read_mapped<R>(
         &self,
         offset: u64,

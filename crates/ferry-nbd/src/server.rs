@@ -786,7 +786,9 @@ impl Connection {
                     }
                     return Err(e);
                 }
-                // Before a byte is sent: the caller replies the usual way.
+                // Not mapped, or not all in memory (a helper reads it the
+                // usual way, in parallel, not while holding the socket):
+                // nothing sent, the caller replies the usual way.
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     outcome = Mapped::Failed(e);
@@ -1021,7 +1023,8 @@ enum Mapped {
     Sent(io::Result<()>),
     /// The disk refused the read (out of range, gone): nothing was sent.
     Failed(DiskError),
-    /// The storage has no mappings: nothing was sent.
+    /// The storage has no mappings, or the bytes are not all in memory:
+    /// nothing was sent.
     Unmapped,
 }
 

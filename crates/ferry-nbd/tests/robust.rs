@@ -159,6 +159,17 @@ fn reads_that_must_wait_for_the_device_are_answered_right() {
                 .unwrap(),
             "the precondition: the data is no longer in memory"
         );
+        // Large reads are sent from mappings only when in memory: these are
+        // read the usual way, by helpers in parallel.
+        assert!(
+            f.store
+                .volume("disk")
+                .unwrap()
+                .read_mapped(2 * MIB, 256 << 10, |_| ())
+                .unwrap()
+                .is_none(),
+            "a large read of bytes not in memory is not sent from the mappings"
+        );
         let mut c = RawClient::connect(f.addr, "disk");
         for i in 0..64u64 {
             // Blocks in a scattered order, 4 KiB each, then a write.
@@ -173,13 +184,27 @@ fn reads_that_must_wait_for_the_device_are_answered_right() {
                 &[0xc0; 4096],
             );
         }
-        successes(&mut c, 128, |cookie, data| {
+        // And four large reads of 256 KiB (4 of the 64 KiB regions each).
+        for k in 0..4u64 {
+            c.send(CMD_READ, 0, 3000 + k, k * (256 << 10), 256 << 10, &[]);
+        }
+        successes(&mut c, 132, |cookie, data| {
             if cookie < 2000 {
                 let b = cookie - 1000;
                 assert!(
                     data.len() == 4096 && data.iter().all(|&x| x == b as u8 + 1),
                     "workers {workers}: read of block {b} got other bytes"
                 );
+            } else if cookie >= 3000 {
+                let k = cookie - 3000;
+                assert_eq!(data.len(), 256 << 10);
+                for (j, region) in data.chunks(65536).enumerate() {
+                    let i = k * 4 + j as u64;
+                    assert!(
+                        region.iter().all(|&x| x == i as u8 + 1),
+                        "workers {workers}: large read {k}, region {i}"
+                    );
+                }
             }
         });
         c.disconnect();

@@ -338,7 +338,9 @@ static ZERO_RUN: [u8; 1 << 16] = [0; 1 << 16];
 /// checked) as iovecs, in order: pointers into mappings of the layers'
 /// files, and zeros. Only system calls may read them (see
 /// [`Mapping`](crate::storage::Mapping)), and only during `f`. `None`, with
-/// `f` not called, when some layer's file has no mapping.
+/// `f` not called, when some layer's file has no mapping or some of the
+/// bytes are not in memory (those are better read with `preadv`, which
+/// reads ahead, on threads that read in parallel).
 fn read_mapped_chain<R>(
     layers: &[Arc<Layer>],
     resolver: Option<&Resolver>,
@@ -364,10 +366,14 @@ fn read_mapped_chain<R>(
         })
         .collect::<Option<Vec<_>>>()?;
     let mut iov = Vec::with_capacity(pieces.len());
+    let mut scratch = Vec::new();
     for piece in pieces {
         match piece {
             Piece::Data { layer, at, len } => {
                 let map = maps[layer].as_ref()?;
+                if !map.resident(at, len as u64, &mut scratch) {
+                    return None;
+                }
                 iov.push(libc::iovec {
                     iov_base: map.addr(at, len as u64)?.cast_mut().cast(),
                     iov_len: len,
@@ -533,7 +539,8 @@ impl VolumeHandle {
     /// should stop, and the caller reads the rest with [`read`](Self::read).
     /// Only system calls may read the iovecs' bytes (a device error fails
     /// the call with `EFAULT`). `Ok(None)`, with `f` not called, where the
-    /// storage has no mappings.
+    /// storage has no mappings or some of the bytes are not in memory: then
+    /// read with [`read`](Self::read).
     pub fn read_mapped<R>(
         &self,
         offset: u64,

@@ -84,6 +84,38 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// Whether every page of the file's bytes `at..at+len` is in memory
+    /// (`mincore`), so that a send from them does not wait for the device:
+    /// a read through a mapping faults pages in one by one, with less
+    /// read-ahead than `pread`, and while the sender holds the socket.
+    /// `scratch` is room the call reuses. False when unsure.
+    pub fn resident(&self, at: u64, len: u64, scratch: &mut Vec<u8>) -> bool {
+        // SAFETY: sysconf has no preconditions.
+        let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+            p if p > 0 => p as u64,
+            _ => return false,
+        };
+        let Some(end) = at.checked_add(len).filter(|&e| e <= self.len as u64) else {
+            return false;
+        };
+        let start = at / page * page;
+        let span = end.next_multiple_of(page) - start;
+        scratch.clear();
+        scratch.resize((span / page) as usize, 0);
+        // SAFETY: the range lies within the mapping (checked above), page
+        // aligned; `scratch` has a byte per page. mincore reads no bytes.
+        let rc = unsafe {
+            libc::mincore(
+                self.base.as_ptr().add(start as usize).cast(),
+                span as usize,
+                scratch.as_mut_ptr(),
+            )
+        };
+        rc == 0 && scratch.iter().all(|b| b & 1 == 1)
+    }
+}
+
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once; every pointer
