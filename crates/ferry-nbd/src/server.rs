@@ -730,20 +730,30 @@ impl Connection {
     }
 
     fn reply_read(&self, cookie: u64, offset: u64, data: &[u8], when: When) -> io::Result<()> {
-        if !self.agreement.structured {
-            return self.writer.send(&[&simple_reply(0, cookie), data], when);
-        }
-        if data.is_empty() {
+        if self.agreement.structured && data.is_empty() {
             return self.reply_ok(cookie, when);
         }
-        let header = chunk_header(
-            REPLY_FLAG_DONE,
-            REPLY_TYPE_OFFSET_DATA,
-            cookie,
-            8 + data.len() as u32,
-        );
-        self.writer
-            .send(&[&header, &offset.to_be_bytes(), data], when)
+        let (header, n) = self.read_header(cookie, offset, data.len() as u32);
+        self.writer.send(&[&header[..n], data], when)
+    }
+
+    /// What goes before a successful read's `len` bytes: a simple reply, or
+    /// the header of one `OFFSET_DATA` chunk and its offset; and its length.
+    fn read_header(&self, cookie: u64, offset: u64, len: u32) -> ([u8; 28], usize) {
+        let mut header = [0u8; 28];
+        if self.agreement.structured {
+            header[..20].copy_from_slice(&chunk_header(
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                cookie,
+                8 + len,
+            ));
+            header[20..].copy_from_slice(&offset.to_be_bytes());
+            (header, 28)
+        } else {
+            header[..16].copy_from_slice(&simple_reply(0, cookie));
+            (header, 16)
+        }
     }
 
     /// Replies to a read with its bytes sent from the page cache, through
@@ -752,20 +762,8 @@ impl Connection {
     /// is held: what the socket does not take at once is read into `buf`
     /// and sent after.
     fn reply_read_mapped(&self, cookie: u64, offset: u64, len: u32, buf: &mut Vec<u8>) -> Mapped {
-        let mut header = [0u8; 28];
-        let header: &[u8] = if self.agreement.structured {
-            header[..20].copy_from_slice(&chunk_header(
-                REPLY_FLAG_DONE,
-                REPLY_TYPE_OFFSET_DATA,
-                cookie,
-                8 + len,
-            ));
-            header[20..].copy_from_slice(&offset.to_be_bytes());
-            &header
-        } else {
-            header[..16].copy_from_slice(&simple_reply(0, cookie));
-            &header[..16]
-        };
+        let (header, n) = self.read_header(cookie, offset, len);
+        let header = &header[..n];
         let mut outcome = Mapped::Unmapped;
         let sent = self.writer.send_with(|sock| {
             let fd = sock.raw_fd();

@@ -279,19 +279,18 @@ fn read_chain(
     let mut runs: Vec<(usize, u64, &mut [u8])> = Vec::new();
     let len = buf.len() as u64;
     let mut rest = buf;
-    plan_chain(layers, resolver, offset, len, |piece| match piece {
-        Piece::Data { layer, at, len } => {
-            let (out, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            rest = tail;
-            match first {
+    plan_chain(layers, resolver, offset, len, |piece| {
+        let n = match piece {
+            Piece::Data { len, .. } | Piece::Zero(len) => len,
+        };
+        let (out, tail) = std::mem::take(&mut rest).split_at_mut(n);
+        rest = tail;
+        match piece {
+            Piece::Data { layer, at, .. } => match first {
                 None => first = Some((layer, at, out)),
                 Some(_) => runs.push((layer, at, out)),
-            }
-        }
-        Piece::Zero(len) => {
-            let (out, tail) = std::mem::take(&mut rest).split_at_mut(len);
-            rest = tail;
-            out.fill(0);
+            },
+            Piece::Zero(_) => out.fill(0),
         }
     });
     let Some((layer, at, out)) = first else {

@@ -20,9 +20,10 @@
 //! - no two blocks share a slot;
 //! - a slot unmapped in memory (its block zeroed, or given a newer slot by
 //!   a racing writer or a relocating large write) is reused only after a
-//!   journal record that no longer names it is durable *and* the owner has passed a barrier with no I/O in
-//!   flight ([`Layer::reuse_retired`]), so no write aimed at the old mapping
-//!   can land in it once it holds another block.
+//!   journal record that no longer names it is durable *and* the owner has
+//!   passed a barrier with no I/O in flight ([`Layer::reuse_retired`]), so
+//!   no write aimed at the old mapping can land in it once it holds another
+//!   block.
 //!
 //! Layers know nothing of volumes, chains or the catalog.
 

@@ -82,9 +82,7 @@ impl Mapping {
         // SAFETY: `at` is within the mapping (checked above).
         Some(unsafe { self.base.as_ptr().add(at as usize) }.cast_const())
     }
-}
 
-impl Mapping {
     /// Whether every page of the file's bytes `at..at+len` is in memory
     /// (`mincore`), so that a send from them does not wait for the device:
     /// a read through a mapping faults pages in one by one, with less
