@@ -140,38 +140,61 @@ impl Resolver {
         self.first
     }
 
-    /// Where `block` comes from within the covered layers, and for data
-    /// its slot when known here; `None` when the block lies beyond what the
-    /// resolver was built for.
+    /// Which sealed layer block `block` comes from, in what form (the
+    /// slot, if this resolver holds it), and for how many blocks from it on
+    /// (at least 1, at most `max`) that holds: the same layer and form, and
+    /// for data consecutive slots. `None` past the end of the volume.
+    pub fn lookup_run(
+        &self,
+        layers: &[Arc<Layer>],
+        block: u32,
+        max: u32,
+    ) -> Option<(usize, BlockState, Option<u32>, u32)> {
+        let at = block as usize & (CONTAINER_BLOCKS - 1);
+        // Runs end at the container's end.
+        let max = (max.max(1) as usize).min(CONTAINER_BLOCKS - at) as u32;
+        let absent = |n| (layers.len(), BlockState::Absent, None, n);
+        Some(match self.slots.get((block >> CONTAINER_BITS) as usize)? {
+            Slot::Empty => absent(max),
+            Slot::One(i) => match layers[*i].lookup_run(block, max) {
+                (BlockState::Absent, _, n) => absent(n),
+                (st, slot, n) => (*i, st, slot, n),
+            },
+            Slot::Dense { tags, slots } => {
+                let tag = tags[at];
+                let same = tags[at..at + max as usize]
+                    .iter()
+                    .take_while(|&&t| t == tag)
+                    .count();
+                let layer = self.first + (tag & !ZERO_BIT) as usize;
+                match (tag, slots) {
+                    (0, _) => absent(same as u32),
+                    (t, _) if t & ZERO_BIT != 0 => (layer - 1, BlockState::Zero, None, same as u32),
+                    (_, Some(slots)) => {
+                        let first = slots[at];
+                        let n = slots[at..at + same]
+                            .iter()
+                            .zip(first..)
+                            .take_while(|(s, want)| **s == *want)
+                            .count();
+                        (layer - 1, BlockState::Data, Some(first), n as u32)
+                    }
+                    (_, None) => (layer - 1, BlockState::Data, None, same as u32),
+                }
+            }
+        })
+    }
+
+    /// Which sealed layer block `block` comes from and in what form (with
+    /// its slot, if this resolver holds it).
+    #[cfg(test)]
     pub fn lookup(
         &self,
         layers: &[Arc<Layer>],
         block: u32,
     ) -> Option<(usize, BlockState, Option<u32>)> {
-        let absent = (layers.len(), BlockState::Absent, None);
-        Some(match self.slots.get((block >> CONTAINER_BITS) as usize)? {
-            Slot::Empty => absent,
-            Slot::One(i) => match layers[*i].lookup(block) {
-                (BlockState::Absent, _) => absent,
-                (st, run) => (*i, st, run.map(|(slot, _)| slot)),
-            },
-            Slot::Dense { tags, slots } => {
-                let at = block as usize & (CONTAINER_BLOCKS - 1);
-                match tags[at] {
-                    0 => absent,
-                    tag if tag & ZERO_BIT != 0 => (
-                        self.first + (tag & !ZERO_BIT) as usize - 1,
-                        BlockState::Zero,
-                        None,
-                    ),
-                    tag => (
-                        self.first + tag as usize - 1,
-                        BlockState::Data,
-                        slots.as_ref().map(|s| s[at]),
-                    ),
-                }
-            }
-        })
+        self.lookup_run(layers, block, 1)
+            .map(|(layer, st, slot, _)| (layer, st, slot))
     }
 }
 
@@ -217,10 +240,18 @@ mod tests {
                     if b >= blocks {
                         continue;
                     }
+                    // Some runs of blocks, in consecutive slots, crossing
+                    // into the next container at times.
+                    let n = match next() % 8 {
+                        0 => 1 + (next() % 40) as u32,
+                        _ => 1,
+                    }
+                    .min(blocks - b);
                     if next() % 5 == 0 {
-                        l.zero_blocks(b, 1);
+                        l.zero_blocks(b, n);
                     } else {
-                        l.write_blocks(b, &[0u8; crate::types::BLOCK]).unwrap();
+                        let buf = vec![0u8; n as usize * crate::types::BLOCK];
+                        l.write_blocks(b, &buf).unwrap();
                     }
                 }
                 Arc::new(l)
@@ -228,17 +259,39 @@ mod tests {
             .collect();
         for first in 0..3 {
             let r = Resolver::build(&layers, first, size).unwrap();
-            for b in 0..blocks {
-                let slow = layers[first..]
+            let slow = |b: u32| {
+                layers[first..]
                     .iter()
                     .enumerate()
                     .find_map(|(i, l)| match l.lookup(b) {
                         (BlockState::Absent, _) => None,
                         (st, run) => Some((i + first, st, run.map(|(s, _)| s))),
                     })
-                    .unwrap_or((layers.len(), BlockState::Absent, None));
-                assert_eq!(r.lookup(&layers, b), Some(slow), "block {b} first {first}");
+                    .unwrap_or((layers.len(), BlockState::Absent, None))
+            };
+            let mut long_runs = 0;
+            for b in 0..blocks {
+                assert_eq!(
+                    r.lookup(&layers, b),
+                    Some(slow(b)),
+                    "block {b} first {first}"
+                );
+                // Every block of a run comes the same way, the slots in turn
+                // (checked where the layers hold blocks, and here and there).
+                if (b as usize & (CONTAINER_BLOCKS - 1)) >= 260 && b % 97 != 0 {
+                    continue;
+                }
+                for max in [1, 9, 300] {
+                    let (layer, st, slot, n) = r.lookup_run(&layers, b, max).unwrap();
+                    assert!((1..=max).contains(&n), "block {b} max {max} run {n}");
+                    long_runs += usize::from(n > 8);
+                    for k in 0..n {
+                        let want = (layer, st, slot.map(|s| s + k));
+                        assert_eq!(slow(b + k), want, "block {b}+{k} max {max} first {first}");
+                    }
+                }
             }
+            assert!(long_runs > 100, "runs of many blocks: {long_runs}");
             assert_eq!(r.lookup(&layers, blocks + CONTAINER_BLOCKS as u32), None);
         }
         assert!(Resolver::build(&layers, 5, size).is_none());

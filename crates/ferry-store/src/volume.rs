@@ -149,8 +149,9 @@ struct Source {
     layer: usize,
     state: BlockState,
     slot: Option<u32>,
-    /// For data: how many blocks from this one on sit in the slots that
-    /// follow, as far as the lookup said (at least 1).
+    /// How many blocks from this one on come the same way (at least 1):
+    /// from the same layer in the same form, and for data from the slots
+    /// that follow.
     run: u32,
 }
 
@@ -168,44 +169,54 @@ impl Source {
     }
 }
 
-/// Which layer a block comes from, and in what form: the layers above the
-/// resolver's are asked one by one, the rest through the resolver.
-fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32) -> Source {
+/// Which layer a block comes from, in what form, and for how many blocks
+/// from it on (at most `max`) that holds: the layers above the resolver's
+/// are asked one by one, the rest through the resolver. A layer's run counts
+/// only as far as every layer above it leaves the blocks undefined.
+fn resolve(layers: &[Arc<Layer>], resolver: Option<&Resolver>, block: u32, max: u32) -> Source {
     let scan_to = resolver.map_or(layers.len(), Resolver::first);
-    let scan = |from: usize, to: usize| {
-        layers[from..to]
-            .iter()
-            .enumerate()
-            .find_map(|(i, layer)| match layer.lookup(block) {
-                (BlockState::Absent, _) => None,
-                (state, run) => Some(Source {
-                    layer: from + i,
-                    state,
-                    slot: run.map(|(slot, _)| slot),
-                    run: run.map_or(1, |(_, n)| n),
-                }),
-            })
+    let mut limit = max.max(1);
+    let scan = |from: usize, to: usize, limit: &mut u32| {
+        for (i, layer) in layers[from..to].iter().enumerate() {
+            match layer.lookup_run(block, *limit) {
+                (BlockState::Absent, _, n) => *limit = (*limit).min(n),
+                (state, slot, run) => {
+                    return Some(Source {
+                        layer: from + i,
+                        state,
+                        slot,
+                        run: run.min(*limit),
+                    });
+                }
+            }
+        }
+        None
     };
-    if let Some(found) = scan(0, scan_to) {
+    if let Some(found) = scan(0, scan_to, &mut limit) {
         return found;
     }
-    if let Some((layer, state, slot)) = resolver.and_then(|r| r.lookup(layers, block)) {
-        let slot = match (state, slot) {
-            (BlockState::Data, None) => layers[layer].run_at(block).map(|(s, _)| s),
-            _ => slot,
+    if let Some((layer, state, slot, run)) =
+        resolver.and_then(|r| r.lookup_run(layers, block, limit))
+    {
+        let (slot, run) = match (state, slot) {
+            (BlockState::Data, None) => match layers[layer].run_at(block) {
+                Some((s, n)) => (Some(s), run.min(n)),
+                None => (None, 1),
+            },
+            _ => (slot, run),
         };
         return Source {
             layer,
             state,
             slot,
-            run: 1,
+            run: run.clamp(1, limit),
         };
     }
-    scan(scan_to, layers.len()).unwrap_or(Source {
+    scan(scan_to, layers.len(), &mut limit).unwrap_or(Source {
         layer: layers.len(),
         state: BlockState::Absent,
         slot: None,
-        run: 1,
+        run: limit,
     })
 }
 
@@ -228,23 +239,27 @@ fn plan_chain(
     mut emit: impl FnMut(Piece),
 ) {
     let end = offset + len;
+    let end_block = end.div_ceil(BLOCK_SIZE);
+    // Blocks from `b` to the end of the request.
+    let left = |b: u64| (end_block - b).min(u64::from(u32::MAX)) as u32;
     let mut pos = offset;
+    // The source of the block a run stopped at, resolved already.
+    let mut pending: Option<Source> = None;
     while pos < end {
-        let block = (pos / BLOCK_SIZE) as u32;
-        let source = resolve(layers, resolver, block);
-        let mut next = u64::from(block) + 1;
-        if source.layer == 0 && source.state == BlockState::Data {
-            // Nothing is above the top layer: the blocks of its slot run
-            // come from it, in those slots, without asking block by block.
-            next = u64::from(block) + u64::from(source.run.max(1));
-        }
-        while next * BLOCK_SIZE < end
-            && source.continued_by(
-                &resolve(layers, resolver, next as u32),
-                (next - u64::from(block)) as u32,
-            )
-        {
-            next += 1;
+        let block = pos / BLOCK_SIZE;
+        let source = pending
+            .take()
+            .unwrap_or_else(|| resolve(layers, resolver, block as u32, left(block)));
+        let mut next = block + u64::from(source.run.max(1));
+        // Runs that carry on where this one stopped (a data run split
+        // between resolver containers, or absent above and below) join it.
+        while next < end_block {
+            let more = resolve(layers, resolver, next as u32, left(next));
+            if !source.continued_by(&more, (next - block) as u32) {
+                pending = Some(more);
+                break;
+            }
+            next += u64::from(more.run.max(1));
         }
         let run_end = end.min(next * BLOCK_SIZE);
         let len = (run_end - pos) as usize;
@@ -460,7 +475,7 @@ fn allocation_chain(
             break;
         }
         resolved += 1;
-        let kind = match resolve(layers, resolver, block as u32).state {
+        let kind = match resolve(layers, resolver, block as u32, 1).state {
             BlockState::Data => Allocation::Data,
             _ => Allocation::Zero,
         };

@@ -277,11 +277,37 @@ impl Layer {
 
     /// The state of `block` and, for data, its slot and how many blocks
     /// from it on sit in the slots that follow.
+    #[cfg(test)]
     pub fn lookup(&self, block: u32) -> (BlockState, Option<(u32, u32)>) {
         let m = self.map.read();
         match state_in(&m.alloc, block) {
             BlockState::Data => (BlockState::Data, m.alloc.slots.run_at(block)),
             st => (st, None),
+        }
+    }
+
+    /// How block `block` reads from this layer, and for how many blocks
+    /// from it on (at least 1, at most `max`) that holds: a run of data in
+    /// consecutive slots, or blocks this layer does not define. Zeroed
+    /// blocks are answered one at a time.
+    pub fn lookup_run(&self, block: u32, max: u32) -> (BlockState, Option<u32>, u32) {
+        let m = self.map.read();
+        match state_in(&m.alloc, block) {
+            BlockState::Data => match m.alloc.slots.run_at(block) {
+                Some((slot, n)) => (BlockState::Data, Some(slot), n.clamp(1, max.max(1))),
+                None => (BlockState::Data, None, 1),
+            },
+            BlockState::Absent => {
+                let end = block.saturating_add(max);
+                let n = m
+                    .alloc
+                    .present
+                    .range(block..end)
+                    .next()
+                    .map_or(max, |b| b - block);
+                (BlockState::Absent, None, n.max(1))
+            }
+            st => (st, None, 1),
         }
     }
 
