@@ -2,7 +2,7 @@
 //! snapshot (read-only), behind one interface, with the engine's errors
 //! turned into the protocol's.
 
-use ferry_store::{Allocation, SnapshotReader, StoreError, VolumeHandle};
+use ferry_store::{Allocation, MappedRead, SnapshotReader, StoreError, VolumeHandle};
 
 use crate::proto::{EINVAL, EIO, ENOSPC, EPERM, ESHUTDOWN};
 
@@ -70,18 +70,13 @@ impl Disk {
         })
     }
 
-    /// Hands `f` the bytes of `offset..offset+len` as iovecs into the page
-    /// cache (see [`VolumeHandle::read_mapped`]); `Ok(None)` where the
+    /// Plans a read of `offset..offset+len` to be sent from the page cache
+    /// without a copy first (see [`MappedRead`]); `Ok(None)` where the
     /// storage has no mappings or the bytes are not all in memory.
-    pub fn read_mapped<R>(
-        &self,
-        offset: u64,
-        len: u64,
-        f: impl FnOnce(&[libc::iovec]) -> R,
-    ) -> Result<Option<R>, DiskError> {
+    pub fn plan_mapped(&self, offset: u64, len: u64) -> Result<Option<MappedRead>, DiskError> {
         Ok(match self {
-            Disk::Volume(v) => v.read_mapped(offset, len, f)?,
-            Disk::Snapshot(s) => s.read_mapped(offset, len, f)?,
+            Disk::Volume(v) => v.plan_mapped(offset, len)?,
+            Disk::Snapshot(s) => s.plan_mapped(offset, len)?,
         })
     }
 

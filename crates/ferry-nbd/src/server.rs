@@ -762,15 +762,22 @@ impl Connection {
     /// is held: what the socket does not take at once is read into `buf`
     /// and sent after.
     fn reply_read_mapped(&self, cookie: u64, offset: u64, len: u32, buf: &mut Vec<u8>) -> Mapped {
+        // Planned before taking the socket, while another reply is sent:
+        // under the socket only the send is left (and a check that the
+        // plan still holds).
+        let plan = match self.disk.plan_mapped(offset, u64::from(len)) {
+            Ok(Some(plan)) => plan,
+            // Not mapped, or not all in memory: read the usual way (by a
+            // helper, in parallel, not while holding the socket).
+            Ok(None) => return Mapped::Unmapped,
+            Err(e) => return Mapped::Failed(e),
+        };
         let (header, n) = self.read_header(cookie, offset, len);
         let header = &header[..n];
         let mut outcome = Mapped::Unmapped;
         let sent = self.writer.send_with(|sock| {
             let fd = sock.raw_fd();
-            let sent = match self
-                .disk
-                .read_mapped(offset, u64::from(len), |data| send_now(fd, header, data))
-            {
+            let sent = match plan.send(|data| send_now(fd, header, data)) {
                 Ok(Some(Ok(sent))) => sent,
                 Ok(Some(Err(e))) => {
                     if e.raw_os_error() == Some(libc::EFAULT) {
@@ -784,12 +791,12 @@ impl Connection {
                     }
                     return Err(e);
                 }
-                // Not mapped, or not all in memory (a helper reads it the
-                // usual way, in parallel, not while holding the socket):
-                // nothing sent, the caller replies the usual way.
+                // Planned again after a snapshot or the like, and no longer
+                // all in memory: nothing sent, the caller replies the usual
+                // way.
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    outcome = Mapped::Failed(e);
+                    outcome = Mapped::Failed(e.into());
                     return Ok(());
                 }
             };

@@ -165,7 +165,7 @@ fn reads_that_must_wait_for_the_device_are_answered_right() {
             f.store
                 .volume("disk")
                 .unwrap()
-                .read_mapped(2 * MIB, 256 << 10, |_| ())
+                .plan_mapped(2 * MIB, 256 << 10)
                 .unwrap()
                 .is_none(),
             "a large read of bytes not in memory is not sent from the mappings"

@@ -47,4 +47,4 @@ pub use types::{
     BLOCK_SIZE, ExportId, GroupId, LayerId, MAX_VOLUME_SIZE, SnapshotId, SnapshotKind, VolumeId,
     parse_size, tag_value_ok, validate_name, validate_tag,
 };
-pub use volume::{Allocation, SnapshotReader, VolumeHandle};
+pub use volume::{Allocation, MappedRead, SnapshotReader, VolumeHandle};

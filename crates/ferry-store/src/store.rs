@@ -420,7 +420,7 @@ impl Store {
             });
         }
         let vol = self.vol(rec.id)?;
-        let mut st = vol.state.write();
+        let mut st = vol.barrier();
         rec.size = size;
         cat.commit(vec![Change::PutVolume(rec.clone())])?;
         st.size = size;
@@ -458,7 +458,7 @@ impl Store {
                 });
             }
             let vol = self.vol(rec.id)?;
-            let mut st = vol.state.write();
+            let mut st = vol.barrier();
             let mut changes = cat.state.exports_of(|s| *s == ExportSource::Volume(rec.id));
             changes.push(Change::DelVolume(rec.id));
             cat.commit(changes)?;
@@ -756,7 +756,7 @@ impl Store {
             let id = LayerId(cat.alloc_id());
             let size = match rebase.get(slot) {
                 Some(m) => m.size,
-                None => v.state.read().size,
+                None => v.read_state().size,
             };
             new_heads.push(
                 self.create_layer(id)
@@ -773,7 +773,7 @@ impl Store {
             members: BTreeMap::new(),
         };
         // The barrier: in-flight I/O finishes, new I/O waits.
-        let mut guards: Vec<_> = vols.iter().map(|(_, v)| v.state.write()).collect();
+        let mut guards: Vec<_> = vols.iter().map(|(_, v)| v.barrier()).collect();
         let mut snapshot = snapshot;
         let mut changes = Vec::new();
         for ((slot, v, new_id, size), st) in plan.iter().zip(guards.iter()) {
@@ -1190,7 +1190,7 @@ impl Store {
         let mut out: Vec<_> = volumes
             .iter()
             .map(|v| {
-                let st = v.state.read();
+                let st = v.read_state();
                 let mut covered = RoaringBitmap::new();
                 let (mut allocated, mut hidden) = (0u64, 0u64);
                 for (i, layer) in st.layers().iter().enumerate() {
@@ -1352,7 +1352,7 @@ impl Store {
             .volumes
             .read()
             .values()
-            .any(|v| v.state.read().head().id == into);
+            .any(|v| v.read_state().head().id == into);
         if head {
             return Ok(false);
         }
@@ -1424,7 +1424,7 @@ impl Store {
             cat.commit(changes)?;
             let volumes: Vec<_> = self.inner.volumes.read().values().cloned().collect();
             for v in volumes {
-                v.state.write().remove_layer(child);
+                v.barrier().remove_layer(child);
             }
         }
         self.inner.layers.write().remove(&child);
@@ -1457,9 +1457,9 @@ impl Store {
                 .volumes
                 .read()
                 .values()
-                .find(|v| v.state.read().head().id == into)
+                .find(|v| v.read_state().head().id == into)
                 .cloned();
-            let barrier = owner.as_ref().map(|v| v.state.write());
+            let barrier = owner.as_ref().map(|v| v.barrier());
             copy_blocks(&src, &dst, &chunk, true, &mut buf)?;
             drop(barrier);
             progress.add_done(chunk.len() as u64);
@@ -1470,7 +1470,7 @@ impl Store {
             .volumes
             .read()
             .values()
-            .any(|v| v.state.read().head().id == into);
+            .any(|v| v.read_state().head().id == into);
         if !into_is_head {
             // A sealed layer takes no more writes after this merge.
             dst.release_reserve()
@@ -1496,7 +1496,7 @@ impl Store {
             ])?;
             let volumes: Vec<_> = self.inner.volumes.read().values().cloned().collect();
             for v in volumes {
-                v.state.write().remove_layer(from);
+                v.barrier().remove_layer(from);
             }
         }
         self.inner.layers.write().remove(&from);

@@ -10,12 +10,13 @@
 //! grow and sync take it for writing, which is the write barrier: in-flight
 //! I/O finishes, new I/O waits.
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Result, StoreError};
 use crate::layer::{BlockState, Layer, slot_byte};
 use crate::resolve::Resolver;
+use crate::storage::Mapping;
 use crate::types::{BLOCK, BLOCK_SIZE, VolumeId};
 
 const STRIPES: usize = 64;
@@ -29,6 +30,10 @@ pub(crate) struct VolumeState {
     /// Resolution through `layers[1..]`, built on first use after a chain change.
     resolver: OnceLock<Option<Resolver>>,
     pub deleted: bool,
+    /// How many times the state was taken for writing ([`Volume::barrier`]):
+    /// slots change hands and the chain changes only then, so a read
+    /// planned under a read guard holds while this is unchanged.
+    barriers: u64,
 }
 
 impl VolumeState {
@@ -64,13 +69,8 @@ impl VolumeState {
         read_chain(&self.layers, self.resolver(), buf, offset, wait)
     }
 
-    fn read_mapped<R>(
-        &self,
-        offset: u64,
-        len: u64,
-        f: impl FnOnce(&[libc::iovec]) -> R,
-    ) -> Option<R> {
-        read_mapped_chain(&self.layers, self.resolver(), offset, len, f)
+    fn plan_mapped(&self, offset: u64, len: u64) -> Option<MappedPlan> {
+        plan_mapped_chain(&self.layers, self.resolver(), offset, len)
     }
 }
 
@@ -78,7 +78,8 @@ impl VolumeState {
 pub(crate) struct Volume {
     pub id: VolumeId,
     pub name: String,
-    pub state: RwLock<VolumeState>,
+    /// Written only through [`barrier`](Self::barrier), which counts.
+    state: RwLock<VolumeState>,
     stripes: Box<[Mutex<()>]>,
 }
 
@@ -92,9 +93,24 @@ impl Volume {
                 layers,
                 resolver: OnceLock::new(),
                 deleted: false,
+                barriers: 0,
             }),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
         }
+    }
+
+    /// Takes the state for writing: waits for all I/O in flight and holds
+    /// off new I/O until dropped. The only way to change the chain or let
+    /// slots take new blocks; counted, so that planned reads know.
+    pub fn barrier(&self) -> RwLockWriteGuard<'_, VolumeState> {
+        let mut st = self.state.write();
+        st.barriers += 1;
+        st
+    }
+
+    /// Takes the state for reading, without the checks of I/O.
+    pub fn read_state(&self) -> RwLockReadGuard<'_, VolumeState> {
+        self.state.read()
     }
 
     /// Takes the state for I/O on `offset..offset+len`, checking the volume is usable.
@@ -132,7 +148,7 @@ impl Volume {
             // Slots freed by trims may take new blocks once no I/O that
             // looked them up is in flight: the write barrier, briefly.
             drop(st);
-            let st = self.state.write();
+            let st = self.barrier();
             if Arc::ptr_eq(st.head(), &head) {
                 head.reuse_retired();
             }
@@ -345,23 +361,24 @@ fn read_chain(
     Ok(true)
 }
 
-/// Zeros for the zero runs of [`read_mapped_chain`].
+/// Zeros for the zero runs of [`plan_mapped_chain`].
 static ZERO_RUN: [u8; 1 << 16] = [0; 1 << 16];
 
-/// Hands `f` the bytes of `offset..offset+len` of a chain (bounds already
-/// checked) as iovecs, in order: pointers into mappings of the layers'
-/// files, and zeros. Only system calls may read them (see
-/// [`Mapping`](crate::storage::Mapping)), and only during `f`. `None`, with
-/// `f` not called, when some layer's file has no mapping or some of the
-/// bytes are not in memory (those are better read with `preadv`, which
-/// reads ahead, on threads that read in parallel).
-fn read_mapped_chain<R>(
+/// The iovecs of a mapped read and the mappings they point into.
+type MappedPlan = (Vec<libc::iovec>, Vec<Arc<Mapping>>);
+
+/// The bytes of `offset..offset+len` of a chain (bounds already checked) as
+/// iovecs, in order: pointers into mappings of the layers' files, and
+/// zeros. Only system calls may read them (see [`Mapping`]), and only while
+/// the slots they show are still theirs. `None` when some layer's file has
+/// no mapping or some of the bytes are not in memory (those are better read
+/// with `preadv`, which reads ahead, on threads that read in parallel).
+fn plan_mapped_chain(
     layers: &[Arc<Layer>],
     resolver: Option<&Resolver>,
     offset: u64,
     len: u64,
-    f: impl FnOnce(&[libc::iovec]) -> R,
-) -> Option<R> {
+) -> Option<MappedPlan> {
     let mut pieces = Vec::new();
     // How far into each layer's file the pieces reach.
     let mut reach = vec![0u64; layers.len()];
@@ -405,7 +422,60 @@ fn read_mapped_chain<R>(
             }
         }
     }
-    Some(f(&iov))
+    Some((iov, maps.into_iter().flatten().collect()))
+}
+
+/// A large read planned ahead of its send: the bytes of a range as iovecs
+/// into read-only mappings of the layers' files (and zeros), from
+/// [`VolumeHandle::plan_mapped`] or [`SnapshotReader::plan_mapped`].
+///
+/// Planning takes the resolution and the check that the bytes are in
+/// memory off the path where sends wait for each other (an NBD
+/// connection's socket); [`send`](Self::send) only checks the plan still
+/// holds. Not `Send`: a plan is sent by the thread that made it.
+pub struct MappedRead {
+    /// A live volume and its barrier count when planned; `None` for a
+    /// snapshot, whose sealed layers keep every block in its slot.
+    live: Option<(Arc<Volume>, u64)>,
+    offset: u64,
+    len: u64,
+    iov: Vec<libc::iovec>,
+    /// Keeps the mappings the iovecs point into.
+    _maps: Vec<Arc<Mapping>>,
+}
+
+impl std::fmt::Debug for MappedRead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MappedRead")
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .field("pieces", &self.iov.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MappedRead {
+    /// Hands `f` the planned iovecs for a system call to copy out (a socket
+    /// send). A live volume is held while `f` runs, so the slots the iovecs
+    /// show stay theirs: `f` must not wait long (a send that would block
+    /// should stop; read the rest with [`VolumeHandle::read`]). If the
+    /// volume passed a barrier since the plan (a snapshot, slots given to
+    /// new blocks), the range is planned again first; `Ok(None)`, with `f`
+    /// not called, if then the bytes are not all in memory. Only system
+    /// calls may read the iovecs' bytes (a device error fails the call with
+    /// `EFAULT`).
+    pub fn send<R>(&self, f: impl FnOnce(&[libc::iovec]) -> R) -> Result<Option<R>> {
+        let Some((vol, barriers)) = &self.live else {
+            return Ok(Some(f(&self.iov)));
+        };
+        let st = vol.begin(self.offset, self.len)?;
+        if st.barriers == *barriers {
+            return Ok(Some(f(&self.iov)));
+        }
+        Ok(st
+            .plan_mapped(self.offset, self.len)
+            .map(|(iov, _maps)| f(&iov)))
+    }
 }
 
 /// Whether a read may wait for the device.
@@ -545,24 +615,19 @@ impl VolumeHandle {
             .map_err(|e| self.vol.io_err("reading", e))
     }
 
-    /// Hands `f` the bytes of `offset..offset+len` as iovecs for a system
-    /// call to copy out (a socket send), without copying them first: they
-    /// point into read-only mappings of the layers' files, and at zeros.
-    /// The slots they show stay theirs until `f` returns (the volume's read
-    /// guard is held), so `f` must not wait long: a send that would block
-    /// should stop, and the caller reads the rest with [`read`](Self::read).
-    /// Only system calls may read the iovecs' bytes (a device error fails
-    /// the call with `EFAULT`). `Ok(None)`, with `f` not called, where the
-    /// storage has no mappings or some of the bytes are not in memory: then
-    /// read with [`read`](Self::read).
-    pub fn read_mapped<R>(
-        &self,
-        offset: u64,
-        len: u64,
-        f: impl FnOnce(&[libc::iovec]) -> R,
-    ) -> Result<Option<R>> {
+    /// Plans a read of `offset..offset+len` to be sent without copying
+    /// the bytes first (see [`MappedRead`]). `Ok(None)` where the storage
+    /// has no mappings or some of the bytes are not in memory: then read
+    /// with [`read`](Self::read).
+    pub fn plan_mapped(&self, offset: u64, len: u64) -> Result<Option<MappedRead>> {
         let st = self.vol.begin(offset, len)?;
-        Ok(st.read_mapped(offset, len, f))
+        Ok(st.plan_mapped(offset, len).map(|(iov, maps)| MappedRead {
+            live: Some((self.vol.clone(), st.barriers)),
+            offset,
+            len,
+            iov,
+            _maps: maps,
+        }))
     }
 
     /// Writes `buf` at any byte `offset`; with `fua` it is durable on return.
@@ -714,15 +779,18 @@ impl SnapshotReader {
         self.read_chain(buf, offset, Wait::No)
     }
 
-    /// Like [`VolumeHandle::read_mapped`].
-    pub fn read_mapped<R>(
-        &self,
-        offset: u64,
-        len: u64,
-        f: impl FnOnce(&[libc::iovec]) -> R,
-    ) -> Result<Option<R>> {
+    /// Like [`VolumeHandle::plan_mapped`].
+    pub fn plan_mapped(&self, offset: u64, len: u64) -> Result<Option<MappedRead>> {
         let resolver = self.check(offset, len)?;
-        Ok(read_mapped_chain(&self.layers, resolver, offset, len, f))
+        Ok(
+            plan_mapped_chain(&self.layers, resolver, offset, len).map(|(iov, maps)| MappedRead {
+                live: None,
+                offset,
+                len,
+                iov,
+                _maps: maps,
+            }),
+        )
     }
 
     fn read_chain(&self, buf: &mut [u8], offset: u64, wait: Wait) -> Result<bool> {

@@ -581,6 +581,54 @@ fn gather(iov: &[libc::iovec]) -> Vec<u8> {
     out
 }
 
+/// A large read is planned (resolved, its pages found in memory) before the
+/// NBD server waits for its socket, and sent after. Between the two, a trim
+/// and a flush may give the read's slots to other blocks, or a snapshot may
+/// change the chain: the send must then plan again, never send what the
+/// slots hold now.
+#[test]
+fn a_planned_mapped_read_is_planned_again_when_its_slots_may_have_changed_hands() {
+    const KIB64: u64 = 64 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.create_volume("v", 4 * MIB).unwrap();
+    let v = store.volume("v").unwrap();
+    let a = pattern(1, KIB64 as usize);
+    let b = pattern(2, KIB64 as usize);
+    v.write(&a, 0, false).unwrap();
+    v.flush().unwrap();
+    let plan = v.plan_mapped(0, KIB64).unwrap().expect("mapped");
+    // Nothing changed: the plan is sent as made.
+    assert!(plan.send(gather).unwrap().unwrap() == a);
+    // The read's blocks are trimmed; the flush gives their slots back
+    // (lowest first), and `b`, written elsewhere, takes them.
+    v.trim(0, KIB64, false).unwrap();
+    v.flush().unwrap();
+    v.write(&b, 2 * MIB, false).unwrap();
+    let got = plan.send(gather).unwrap().expect("still in memory");
+    assert!(
+        got.iter().all(|&x| x == 0),
+        "the planned read sent {} of another block's bytes instead of the trimmed zeros",
+        if got == b { "all" } else { "some" }
+    );
+    // A snapshot changes the chain: the bytes are the same, read anew.
+    v.write(&a, 0, false).unwrap();
+    let plan = v.plan_mapped(0, 3 * MIB).unwrap().expect("mapped");
+    store
+        .create_snapshot(Target::Volume("v"), "s", SnapshotKind::Crash)
+        .unwrap();
+    v.write(&b, 0, false).unwrap();
+    let got = plan.send(gather).unwrap().expect("still in memory");
+    assert!(got[..KIB64 as usize] == b, "the write after the snapshot");
+    assert!(got[2 * MIB as usize..][..KIB64 as usize] == b);
+    // A plan of a deleted volume is not sent.
+    let plan = v.plan_mapped(0, KIB64).unwrap().expect("mapped");
+    drop(v);
+    store.delete_snapshot(Target::Volume("v"), "s").unwrap();
+    store.delete_volume("v").unwrap();
+    assert!(plan.send(gather).is_err(), "the volume is gone");
+}
+
 /// Blocks written one by one in a shuffled order sit in shuffled slots; a
 /// large read or write over them (one vectored call per run of adjacent
 /// slots, on real files) must still put every byte in its place, also when
@@ -666,20 +714,23 @@ fn large_requests_over_blocks_in_shuffled_slots_read_and_write_every_byte_in_pla
         (301 * 4096, 4096),
     ] {
         let got = v
-            .read_mapped(from, len, gather)
+            .plan_mapped(from, len)
             .unwrap()
-            .expect("files on a file system are mapped");
+            .expect("files on a file system are mapped")
+            .send(gather)
+            .unwrap()
+            .expect("nothing changed since the plan");
         assert!(
             got == want[from as usize..(from + len) as usize],
             "mapped {len} at {from}"
         );
     }
-    let mapped = snap.read_mapped(12345, 2 * MIB, gather).unwrap().unwrap();
-    assert!(mapped == plain, "a snapshot's mapped read");
+    let plan = snap.plan_mapped(12345, 2 * MIB).unwrap().unwrap();
     assert!(
-        v.read_mapped(BLOCKS * 4096 - 1, 2, gather).is_err(),
-        "past the end"
+        plan.send(gather).unwrap().unwrap() == plain,
+        "a snapshot's mapped read"
     );
+    assert!(v.plan_mapped(BLOCKS * 4096 - 1, 2).is_err(), "past the end");
     store.volume("v").unwrap().flush().unwrap();
     drop(v);
     drop(store);

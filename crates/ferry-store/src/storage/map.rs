@@ -10,7 +10,8 @@
 //!   raising `SIGBUS` in the process;
 //! - the caller holds whatever keeps the slots it sends from being reused
 //!   until the send has copied them (the volume's read guard), as it would
-//!   for a `pread`;
+//!   for a `pread` — a read planned under an earlier guard is sent only if
+//!   the volume passed no barrier since (`MappedRead::send`);
 //! - a mapping outlives every pointer into it: callers hold its `Arc`.
 
 use std::io;
