@@ -32,6 +32,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use ferry_store::{Allocation, RoaringBitmap};
 
@@ -772,10 +773,16 @@ impl Connection {
             Ok(None) => return Mapped::Unmapped,
             Err(e) => return Mapped::Failed(e),
         };
+        let planned = Instant::now();
         let (header, n) = self.read_header(cookie, offset, len);
         let header = &header[..n];
         let mut outcome = Mapped::Unmapped;
         let sent = self.writer.send_with(|sock| {
+            if planned.elapsed() > PLAN_FRESH {
+                // A long wait for the socket (a slow client): the pages may
+                // have left memory since; read them the usual way.
+                return Ok(());
+            }
             let fd = sock.raw_fd();
             let sent = match plan.send(|data| send_now(fd, header, data)) {
                 Ok(Some(Ok(sent))) => sent,
@@ -791,9 +798,9 @@ impl Connection {
                     }
                     return Err(e);
                 }
-                // Planned again after a snapshot or the like, and no longer
-                // all in memory: nothing sent, the caller replies the usual
-                // way.
+                // The volume passed a barrier since the plan (a snapshot,
+                // slots given to new blocks): nothing sent, the caller
+                // replies the usual way.
                 Ok(None) => return Ok(()),
                 Err(e) => {
                     outcome = Mapped::Failed(e.into());
@@ -1021,6 +1028,12 @@ impl Replies {
 /// ([`Connection::reply_read_mapped`]); below it the copy into a buffer costs
 /// less than building the pieces.
 const MAPPED_READ_MIN: u32 = 64 << 10;
+
+/// How long after a read was planned (its pages found in memory) the send
+/// may still go from the plan. Waiting for the socket takes about one
+/// other reply's send per reply ahead; past this a slow client holds it,
+/// and pages found in memory then may have left.
+const PLAN_FRESH: Duration = Duration::from_millis(5);
 
 /// How [`Connection::reply_read_mapped`] ended.
 enum Mapped {

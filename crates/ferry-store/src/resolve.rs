@@ -174,8 +174,8 @@ impl Resolver {
                         let first = slots[at];
                         let n = slots[at..at + same]
                             .iter()
-                            .zip(first..)
-                            .take_while(|(s, want)| **s == *want)
+                            .enumerate()
+                            .take_while(|&(k, &s)| first.checked_add(k as u32) == Some(s))
                             .count();
                         (layer - 1, BlockState::Data, Some(first), n as u32)
                     }

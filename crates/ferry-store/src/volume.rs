@@ -431,8 +431,8 @@ fn plan_mapped_chain(
 ///
 /// Planning takes the resolution and the check that the bytes are in
 /// memory off the path where sends wait for each other (an NBD
-/// connection's socket); [`send`](Self::send) only checks the plan still
-/// holds. Not `Send`: a plan is sent by the thread that made it.
+/// connection's socket); [`send`](Self::send) only checks that the plan
+/// still holds. Not `Send`: a plan is sent by the thread that made it.
 pub struct MappedRead {
     /// A live volume and its barrier count when planned; `None` for a
     /// snapshot, whose sealed layers keep every block in its slot.
@@ -458,23 +458,19 @@ impl MappedRead {
     /// Hands `f` the planned iovecs for a system call to copy out (a socket
     /// send). A live volume is held while `f` runs, so the slots the iovecs
     /// show stay theirs: `f` must not wait long (a send that would block
-    /// should stop; read the rest with [`VolumeHandle::read`]). If the
-    /// volume passed a barrier since the plan (a snapshot, slots given to
-    /// new blocks), the range is planned again first; `Ok(None)`, with `f`
-    /// not called, if then the bytes are not all in memory. Only system
-    /// calls may read the iovecs' bytes (a device error fails the call with
+    /// should stop; read the rest with [`VolumeHandle::read`]). `Ok(None)`,
+    /// with `f` not called, when the plan no longer holds: the volume passed
+    /// a barrier since (a snapshot, slots given to new blocks); then read
+    /// with [`VolumeHandle::read`]. The pages were in memory when planned; a
+    /// caller that waited long since should read instead. Only system calls
+    /// may read the iovecs' bytes (a device error fails the call with
     /// `EFAULT`).
     pub fn send<R>(&self, f: impl FnOnce(&[libc::iovec]) -> R) -> Result<Option<R>> {
         let Some((vol, barriers)) = &self.live else {
             return Ok(Some(f(&self.iov)));
         };
         let st = vol.begin(self.offset, self.len)?;
-        if st.barriers == *barriers {
-            return Ok(Some(f(&self.iov)));
-        }
-        Ok(st
-            .plan_mapped(self.offset, self.len)
-            .map(|(iov, _maps)| f(&iov)))
+        Ok((st.barriers == *barriers).then(|| f(&self.iov)))
     }
 }
 

@@ -343,7 +343,7 @@ impl Layer {
     }
 
     /// Reads the data file from byte `at` (within a run of slots
-    /// [`lookup`](Self::lookup) found; see [`slot_byte`]).
+    /// [`lookup_run`](Self::lookup_run) found; see [`slot_byte`]).
     pub fn read_file(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
         self.data.read_at(buf, at)
     }
