@@ -1187,3 +1187,53 @@ impl Store {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: u64 = 3_600_000_000_000;
+    const MIN: u64 = HOUR / 60;
+
+    fn kept(points: &[(u64, u64)], keep_hourly: u32, keep_last: u32, now: u64) -> Vec<u64> {
+        let points: Vec<(SnapshotId, u64)> = points
+            .iter()
+            .map(|&(id, at)| (SnapshotId(id), at))
+            .collect();
+        let s = ReplicationSettings {
+            keep_hourly,
+            keep_last,
+            ..ReplicationSettings::default()
+        };
+        retained(&points, &s, now)
+            .into_iter()
+            .map(|id| id.0)
+            .collect()
+    }
+
+    #[test]
+    fn retention_keeps_the_latest_the_last_few_and_the_newest_of_each_recent_hour() {
+        let now = 100 * HOUR;
+        // A point every 20 minutes for five hours: ids 1 (oldest) to 15.
+        let points: Vec<(u64, u64)> = (1..=15)
+            .map(|i| (i, now - (15 - i) * 20 * MIN - MIN))
+            .collect();
+        // Nothing asked for: the latest only.
+        assert_eq!(kept(&points, 0, 0, now), [15]);
+        // The last three, whatever their hour.
+        assert_eq!(kept(&points, 0, 3, now), [13, 14, 15]);
+        // The newest of each hour (by the clock) among the last two hours'
+        // worth of points: hours 99 and 98 hold 13-15 and 10-12.
+        assert_eq!(kept(&points, 2, 0, now), [12, 15]);
+        // Both rules together, and the latest among them.
+        assert_eq!(kept(&points, 2, 4, now), [12, 13, 14, 15]);
+        // Asking for more than there is keeps everything.
+        assert_eq!(kept(&points, 100, 100, now), (1..=15).collect::<Vec<_>>());
+        // Order does not matter; a point from the future still counts as latest.
+        let mut shuffled = points.clone();
+        shuffled.reverse();
+        shuffled.push((16, now + HOUR));
+        assert_eq!(kept(&shuffled, 0, 0, now), [16]);
+        assert_eq!(kept(&[], 3, 3, now), Vec::<u64>::new());
+    }
+}
