@@ -778,9 +778,9 @@ impl Connection {
         let header = &header[..n];
         let mut outcome = Mapped::Unmapped;
         let sent = self.writer.send_with(|sock| {
-            if planned.elapsed() > PLAN_FRESH {
-                // A long wait for the socket (a slow client): the pages may
-                // have left memory since; read them the usual way.
+            if planned.elapsed() > PLAN_FRESH && !plan.in_memory() {
+                // A long wait for the socket (a full one, a slow client),
+                // and pages have left memory since: read the usual way.
                 return Ok(());
             }
             let fd = sock.raw_fd();
@@ -1030,10 +1030,11 @@ impl Replies {
 const MAPPED_READ_MIN: u32 = 64 << 10;
 
 /// How long after a read was planned (its pages found in memory) the send
-/// may still go from the plan. Waiting for the socket takes about one
-/// other reply's send per reply ahead; past this a slow client holds it,
-/// and pages found in memory then may have left.
-const PLAN_FRESH: Duration = Duration::from_millis(5);
+/// goes from the plan without looking again. A full socket can hold the
+/// sender several milliseconds; past this the pages are looked for again
+/// (they may have left memory), under the socket, where waiting that long
+/// means the client, not the sender, sets the pace.
+const PLAN_FRESH: Duration = Duration::from_millis(20);
 
 /// How [`Connection::reply_read_mapped`] ended.
 enum Mapped {

@@ -364,8 +364,27 @@ fn read_chain(
 /// Zeros for the zero runs of [`plan_mapped_chain`].
 static ZERO_RUN: [u8; 1 << 16] = [0; 1 << 16];
 
-/// The iovecs of a mapped read and the mappings they point into.
-type MappedPlan = (Vec<libc::iovec>, Vec<Arc<Mapping>>);
+/// The iovecs of a mapped read, the mappings they point into, and what
+/// they show of each.
+struct MappedPlan {
+    iov: Vec<libc::iovec>,
+    /// Per layer, the mapping of its file, if the read uses it.
+    maps: Vec<Option<Arc<Mapping>>>,
+    /// The pieces from files: (layer, byte in its file, length).
+    data: Vec<(usize, u64, u64)>,
+}
+
+impl MappedPlan {
+    /// Whether every page the plan shows is in memory (`mincore`).
+    fn in_memory(&self) -> bool {
+        let mut scratch = Vec::new();
+        self.data.iter().all(|&(layer, at, len)| {
+            self.maps[layer]
+                .as_ref()
+                .is_some_and(|m| m.resident(at, len, &mut scratch))
+        })
+    }
+}
 
 /// The bytes of `offset..offset+len` of a chain (bounds already checked) as
 /// iovecs, in order: pointers into mappings of the layers' files, and
@@ -397,18 +416,19 @@ fn plan_mapped_chain(
         })
         .collect::<Option<Vec<_>>>()?;
     let mut iov = Vec::with_capacity(pieces.len());
-    let mut scratch = Vec::new();
+    let mut data = Vec::with_capacity(pieces.len());
     for piece in pieces {
         match piece {
             Piece::Data { layer, at, len } => {
-                let map = maps[layer].as_ref()?;
-                if !map.resident(at, len as u64, &mut scratch) {
-                    return None;
-                }
                 iov.push(libc::iovec {
-                    iov_base: map.addr(at, len as u64)?.cast_mut().cast(),
+                    iov_base: maps[layer]
+                        .as_ref()?
+                        .addr(at, len as u64)?
+                        .cast_mut()
+                        .cast(),
                     iov_len: len,
                 });
+                data.push((layer, at, len as u64));
             }
             Piece::Zero(mut len) => {
                 while len > 0 {
@@ -422,7 +442,8 @@ fn plan_mapped_chain(
             }
         }
     }
-    Some((iov, maps.into_iter().flatten().collect()))
+    let plan = MappedPlan { iov, maps, data };
+    plan.in_memory().then_some(plan)
 }
 
 /// A large read planned ahead of its send: the bytes of a range as iovecs
@@ -439,9 +460,7 @@ pub struct MappedRead {
     live: Option<(Arc<Volume>, u64)>,
     offset: u64,
     len: u64,
-    iov: Vec<libc::iovec>,
-    /// Keeps the mappings the iovecs point into.
-    _maps: Vec<Arc<Mapping>>,
+    plan: MappedPlan,
 }
 
 impl std::fmt::Debug for MappedRead {
@@ -449,7 +468,7 @@ impl std::fmt::Debug for MappedRead {
         f.debug_struct("MappedRead")
             .field("offset", &self.offset)
             .field("len", &self.len)
-            .field("pieces", &self.iov.len())
+            .field("pieces", &self.plan.iov.len())
             .finish_non_exhaustive()
     }
 }
@@ -467,10 +486,16 @@ impl MappedRead {
     /// `EFAULT`).
     pub fn send<R>(&self, f: impl FnOnce(&[libc::iovec]) -> R) -> Result<Option<R>> {
         let Some((vol, barriers)) = &self.live else {
-            return Ok(Some(f(&self.iov)));
+            return Ok(Some(f(&self.plan.iov)));
         };
         let st = vol.begin(self.offset, self.len)?;
-        Ok((st.barriers == *barriers).then(|| f(&self.iov)))
+        Ok((st.barriers == *barriers).then(|| f(&self.plan.iov)))
+    }
+
+    /// Whether the planned bytes are all still in memory (`mincore` again),
+    /// for a caller that waited long since the plan.
+    pub fn in_memory(&self) -> bool {
+        self.plan.in_memory()
     }
 }
 
@@ -617,12 +642,11 @@ impl VolumeHandle {
     /// with [`read`](Self::read).
     pub fn plan_mapped(&self, offset: u64, len: u64) -> Result<Option<MappedRead>> {
         let st = self.vol.begin(offset, len)?;
-        Ok(st.plan_mapped(offset, len).map(|(iov, maps)| MappedRead {
+        Ok(st.plan_mapped(offset, len).map(|plan| MappedRead {
             live: Some((self.vol.clone(), st.barriers)),
             offset,
             len,
-            iov,
-            _maps: maps,
+            plan,
         }))
     }
 
@@ -779,12 +803,11 @@ impl SnapshotReader {
     pub fn plan_mapped(&self, offset: u64, len: u64) -> Result<Option<MappedRead>> {
         let resolver = self.check(offset, len)?;
         Ok(
-            plan_mapped_chain(&self.layers, resolver, offset, len).map(|(iov, maps)| MappedRead {
+            plan_mapped_chain(&self.layers, resolver, offset, len).map(|plan| MappedRead {
                 live: None,
                 offset,
                 len,
-                iov,
-                _maps: maps,
+                plan,
             }),
         )
     }
