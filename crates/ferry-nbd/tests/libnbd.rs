@@ -197,3 +197,109 @@ fn libnbd_error_codes_keep_the_connection() {
     f.store.volume("disk").unwrap().read(&mut buf, 0).unwrap();
     assert!(buf.iter().all(|&b| b == 0x5a));
 }
+
+/// Options and commands the other checks do not send, through libnbd:
+/// NBD_OPT_INFO and NBD_OPT_LIST in negotiation mode, NBD_OPT_ABORT,
+/// NBD_CMD_CACHE, BLOCK_STATUS with REQ_ONE; and, over a plain socket, an
+/// unknown option answered NBD_REP_ERR_UNSUP with negotiation going on.
+const OPTIONS_PY: &str = r#"
+import socket, struct, sys, nbd
+sys.argv = ARGS
+uri, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+# negotiation mode: list, ask about an export, then give up (ABORT)
+h = nbd.NBD()
+h.set_opt_mode(True)
+h.connect_uri(uri)
+names = []
+h.opt_list(lambda name, desc: names.append(name) or 0)
+assert "disk" in names and "frozen" in names, names
+h.set_export_name("disk")
+h.opt_info()
+assert h.get_size() == 8 << 20, h.get_size()
+assert h.get_block_size(nbd.SIZE_PREFERRED) == 4096
+h.opt_abort()
+assert h.aio_is_closed(), "ABORT ends the session"
+
+# the server goes on: CACHE, and BLOCK_STATUS with and without REQ_ONE
+h = nbd.NBD()
+h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+h.connect_uri(uri)
+assert h.can_cache()
+h.pwrite(b"\x61" * 65536, 0)
+h.cache(1 << 20, 0)
+extents = []
+def got(meta, offset, entries, err):
+    extents.append(list(entries))
+    return 0
+h.block_status(1 << 20, 0, got)
+assert len(extents[-1]) >= 4, f"data then a hole: {extents[-1]}"
+h.block_status(1 << 20, 0, got, flags=nbd.CMD_FLAG_REQ_ONE)
+one = extents[-1]
+assert len(one) == 2 and one[0] == 65536 and one[1] & nbd.STATE_HOLE == 0, f"REQ_ONE: {one}"
+assert h.pread(65536, 0) == b"\x61" * 65536
+h.shutdown()
+
+# an unknown option, by hand: NBD_REP_ERR_UNSUP, then LIST still answers
+s = socket.create_connection((host, port))
+def recv(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        assert c, "connection closed"
+        b += c
+    return b
+magic, ihave, flags = struct.unpack(">QQH", recv(18))
+assert ihave == 0x49484156454F5054, hex(ihave)
+s.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
+OPTS = 0x49484156454F5054
+def option(opt, data=b""):
+    s.sendall(struct.pack(">QII", OPTS, opt, len(data)) + data)
+def reply():
+    m, opt, typ, n = struct.unpack(">QIII", recv(20))
+    assert m == 0x3E889045565A9, hex(m)
+    return opt, typ, recv(n)
+option(0x4242, b"whatever")
+opt, typ, _ = reply()
+assert (opt, typ) == (0x4242, 0x80000001), (hex(opt), hex(typ))
+option(3)  # LIST
+seen = []
+while True:
+    opt, typ, data = reply()
+    if typ == 1:  # ACK
+        break
+    assert typ == 2, hex(typ)  # SERVER
+    seen.append(data[4:4 + struct.unpack(">I", data[:4])[0]].decode())
+assert "disk" in seen, seen
+option(2)  # ABORT
+opt, typ, _ = reply()
+assert typ == 1, hex(typ)
+s.close()
+print("ok")
+"#;
+
+#[test]
+fn info_list_abort_cache_req_one_and_unknown_options_through_libnbd() {
+    let f = Fixture::new(8 * MIB);
+    f.export_snapshot("frozen", "s1");
+    let code = format!(
+        "ARGS = {:?}\n{OPTIONS_PY}",
+        [
+            "options",
+            &f.uri("disk"),
+            &f.addr.ip().to_string(),
+            &f.addr.port().to_string()
+        ]
+    );
+    let out = run_raw("nbdsh", &["-c", &code]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // the write went through, the rest is a hole
+    let mut buf = vec![0u8; 65536];
+    f.store.volume("disk").unwrap().read(&mut buf, 0).unwrap();
+    assert!(buf.iter().all(|&b| b == 0x61));
+}
