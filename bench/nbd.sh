@@ -37,8 +37,8 @@ ferry_bin="$PWD/target/release/ferry"
 
 mkdir -p "$base"
 avail_kib="$(df -Pk "$base" | awk 'NR == 2 {print $4}')"
-if [ "$avail_kib" -lt $((4 * size_gib * 1048576)) ]; then
-    echo "too little free disk under $base (needs ~$((4 * size_gib)) GiB); set FERRY_BENCH_DIR" >&2
+if [ "$avail_kib" -lt $((6 * size_gib * 1048576)) ]; then
+    echo "too little free disk under $base (needs ~$((6 * size_gib)) GiB); set FERRY_BENCH_DIR" >&2
     exit 1
 fi
 work="$(mktemp -d "$base/nbd.XXXXXX")"
@@ -60,8 +60,13 @@ for _ in $(seq 100); do grep -q "NBD listening" "$work/ferryd.log" 2>/dev/null &
 grep -q "NBD listening" "$work/ferryd.log" || { cat "$work/ferryd.log"; exit 1; }
 ferry() { FERRY_TOKEN_FILE="$work/ferry/admin.token" "$ferry_bin" --server "http://$api" "$@" >/dev/null; }
 ferry volume create disk --size "${size_gib}G"
-ferry group create bench --slot disk=disk
 ferry export add disk --volume disk
+# The same disk again, to take 16 snapshots of: measured in the same rounds
+# as the flat one, so that their ratio is not the machine's drift between
+# two parts of the run.
+ferry volume create disk16 --size "${size_gib}G"
+ferry group create bench16 --slot disk=disk16
+ferry export add disk16 --volume disk16
 
 truncate -s "${size_gib}G" "$work/nbdkit.img" "$work/qemu.img"
 nbdkit --foreground --ipaddr 127.0.0.1 --port "$port_nbdkit" --exit-with-parent file "file=$work/nbdkit.img" &
@@ -72,14 +77,16 @@ qemu-nbd --persistent --shared=16 --format=raw --export-name=disk --bind=127.0.0
 qemu_pid=$!
 pids+=("$qemu_pid")
 
-uri() { echo "nbd://127.0.0.1:$1/disk"; }
+# A target is PORT/EXPORT.
+uri() { echo "nbd://127.0.0.1:$1"; }
 wait_port() { for _ in $(seq 100); do nbdinfo --size "$(uri "$1")" >/dev/null 2>&1 && return; sleep 0.1; done; echo "no server on $1" >&2; exit 1; }
-wait_port "$port_ferry"; wait_port "$port_nbdkit"; wait_port "$port_qemu"
+flat_ferry="$port_ferry/disk" chain_ferry="$port_ferry/disk16" nbdkit_disk="$port_nbdkit/disk" qemu_disk="$port_qemu/disk"
+wait_port "$flat_ferry"; wait_port "$nbdkit_disk"; wait_port "$qemu_disk"
 
 # CPU seconds (user + system) a process has used.
 cpu_s() { awk -v t="$(getconf CLK_TCK)" '{print ($14 + $15) / t}' "/proc/$1/stat"; }
 
-# fio_run PORT NAME RW BS DEPTH [extra...] -> prints "ops/s MiB/s cpu_us_per_op"
+# fio_run PORT/EXPORT NAME RW BS DEPTH PID [extra...] -> prints "ops/s MiB/s cpu_us_per_op"
 fio_run() {
     local port=$1 name=$2 rw=$3 bs=$4 depth=$5 pid=$6
     shift 6
@@ -104,7 +111,7 @@ print(f"{iops:.0f} {mib:.1f} {cpu / ops * 1e6 if ops else 0:.2f}")
 # Fill every disk the same way (4 KiB sequential writes: small page-cache
 # folios, as the engine bench explains), so reads read data.
 echo "filling each disk with ${size_gib} GiB of data ..."
-for port in $port_ferry $port_nbdkit $port_qemu; do
+for port in "$flat_ferry" "$chain_ferry" "$nbdkit_disk" "$qemu_disk"; do
     fio --output-format=terse --ioengine=nbd --uri="$(uri "$port")" --name=fill --rw=write --bs=4k \
         --iodepth=32 --size="${size_gib}G" --refill_buffers >/dev/null
 done
@@ -142,24 +149,25 @@ measure_job() { # index tag port pid [tag port pid ...]
         res[${targets[k * 3]},$i]="$(median "${runs[${targets[k * 3]},$i]}")"
     done
 }
-echo "measuring (${rounds} rounds of ${runtime} s per job and target, ops/s MiB/s server-CPU-µs/op) ..."
-for i in "${!jobs[@]}"; do
-    measure_job "$i" ferry "$port_ferry" "$ferry_pid" nbdkit "$port_nbdkit" "$nbdkit_pid" qemu "$port_qemu" "$qemu_pid"
-done
-
-echo "taking 16 snapshots, 1/16 of the disk rewritten before each ..."
+echo "taking 16 snapshots of disk16, 1/16 of it rewritten before each ..."
 for s in $(seq 16); do
-    fio --output-format=terse --ioengine=nbd --uri="$(uri "$port_ferry")" --name=churn --rw=randwrite \
+    fio --output-format=terse --ioengine=nbd --uri="$(uri "$chain_ferry")" --name=churn --rw=randwrite \
         --bs=64k --iodepth=16 --size="${size_gib}G" --io_size=$((size_gib * 1024 / 16))m --randrepeat=0 >/dev/null
-    ferry snapshot create bench --name "s$s"
+    ferry snapshot create bench16 --name "s$s"
 done
-# Reads first: they measure the chain, not where the write jobs put blocks.
-for i in 0 2 1 3; do measure_job "$i" ferry16 "$port_ferry" "$ferry_pid"; done
-# The 4 KiB random write job's first writes put the blocks it touched in the
-# new head's slots in the order they came: a 1 MiB read now gathers up to
-# 256 pieces. Measured apart, since it says what random first writes cost a
-# later sequential read, not what the chain costs.
-measure_job 2 ferry16frag "$port_ferry" "$ferry_pid"
+sync
+echo "measuring (${rounds} rounds of ${runtime} s per job and target, ops/s MiB/s server-CPU-µs/op) ..."
+# Reads first: a random write job's first writes into the chain's new head
+# put its blocks in slots in the order they came, which a later sequential
+# read would measure instead of the chain.
+for i in 0 2 1 3; do
+    measure_job "$i" ferry "$flat_ferry" "$ferry_pid" ferry16 "$chain_ferry" "$ferry_pid" \
+        nbdkit "$nbdkit_disk" "$nbdkit_pid" qemu "$qemu_disk" "$qemu_pid"
+done
+# After the 4 KiB random write job, a 1 MiB read gathers up to 256 pieces
+# from the head. Measured apart, since it says what random first writes cost
+# a later sequential read, not what the chain costs.
+measure_job 2 ferry16frag "$chain_ferry" "$ferry_pid"
 
 echo
 printf '%-28s %10s %10s %10s %9s %9s %11s   %s\n' job ferry nbdkit qemu-nbd /nbdkit /qemu-nbd "16 snaps" "CPU µs/op ferry nbdkit qemu"
