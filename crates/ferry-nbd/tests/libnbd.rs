@@ -117,6 +117,19 @@ fn nbdcopy_both_ways() {
     }
 }
 
+/// Runs `script` in nbdsh (Debian's python with libnbd's binding), its
+/// arguments in `ARGS`; it must succeed and print "ok".
+fn nbdsh(script: &str, args: &[&str], what: &str) {
+    let code = format!("ARGS = {args:?}\n{script}");
+    let out = run_raw("nbdsh", &["-c", &code]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
+        "{what}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// libnbd with strict mode off sends what it is told; the server answers
 /// each bad request with the protocol's error and the connection goes on.
 /// Run by nbdsh (Debian's python with libnbd's binding); the arguments come
@@ -180,16 +193,10 @@ fn libnbd_error_codes_keep_the_connection() {
     qemu_io(&f.uri("disk"), &["write -P 0x5a 0 4k"]);
     f.export_snapshot("frozen", "s1");
     for structured in ["1", "0"] {
-        let code = format!(
-            "ARGS = {:?}\n{ERRORS_PY}",
-            ["errors", &f.uri("disk"), &f.uri("frozen"), structured]
-        );
-        let out = run_raw("nbdsh", &["-c", &code]);
-        assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
-            "structured={structured}:\n{}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        nbdsh(
+            ERRORS_PY,
+            &["errors", &f.uri("disk"), &f.uri("frozen"), structured],
+            &format!("structured={structured}"),
         );
     }
     // the data is as the good requests left it
@@ -282,21 +289,15 @@ print("ok")
 fn info_list_abort_cache_req_one_and_unknown_options_through_libnbd() {
     let f = Fixture::new(8 * MIB);
     f.export_snapshot("frozen", "s1");
-    let code = format!(
-        "ARGS = {:?}\n{OPTIONS_PY}",
-        [
+    nbdsh(
+        OPTIONS_PY,
+        &[
             "options",
             &f.uri("disk"),
             &f.addr.ip().to_string(),
-            &f.addr.port().to_string()
-        ]
-    );
-    let out = run_raw("nbdsh", &["-c", &code]);
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("ok"),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+            &f.addr.port().to_string(),
+        ],
+        "options",
     );
     // the write went through, the rest is a hole
     let mut buf = vec![0u8; 65536];

@@ -370,18 +370,19 @@ struct MappedPlan {
     iov: Vec<libc::iovec>,
     /// Per layer, the mapping of its file, if the read uses it.
     maps: Vec<Option<Arc<Mapping>>>,
-    /// The pieces from files: (layer, byte in its file, length).
-    data: Vec<(usize, u64, u64)>,
+    /// What the iovecs show, in order.
+    pieces: Vec<Piece>,
 }
 
 impl MappedPlan {
     /// Whether every page the plan shows is in memory (`mincore`).
     fn in_memory(&self) -> bool {
         let mut scratch = Vec::new();
-        self.data.iter().all(|&(layer, at, len)| {
-            self.maps[layer]
+        self.pieces.iter().all(|piece| match *piece {
+            Piece::Data { layer, at, len } => self.maps[layer]
                 .as_ref()
-                .is_some_and(|m| m.resident(at, len, &mut scratch))
+                .is_some_and(|m| m.resident(at, len as u64, &mut scratch)),
+            Piece::Zero(_) => true,
         })
     }
 }
@@ -416,8 +417,7 @@ fn plan_mapped_chain(
         })
         .collect::<Option<Vec<_>>>()?;
     let mut iov = Vec::with_capacity(pieces.len());
-    let mut data = Vec::with_capacity(pieces.len());
-    for piece in pieces {
+    for &piece in &pieces {
         match piece {
             Piece::Data { layer, at, len } => {
                 iov.push(libc::iovec {
@@ -428,7 +428,6 @@ fn plan_mapped_chain(
                         .cast(),
                     iov_len: len,
                 });
-                data.push((layer, at, len as u64));
             }
             Piece::Zero(mut len) => {
                 while len > 0 {
@@ -442,7 +441,7 @@ fn plan_mapped_chain(
             }
         }
     }
-    let plan = MappedPlan { iov, maps, data };
+    let plan = MappedPlan { iov, maps, pieces };
     plan.in_memory().then_some(plan)
 }
 

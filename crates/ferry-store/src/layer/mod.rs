@@ -279,11 +279,8 @@ impl Layer {
     /// from it on sit in the slots that follow.
     #[cfg(test)]
     pub fn lookup(&self, block: u32) -> (BlockState, Option<(u32, u32)>) {
-        let m = self.map.read();
-        match state_in(&m.alloc, block) {
-            BlockState::Data => (BlockState::Data, m.alloc.slots.run_at(block)),
-            st => (st, None),
-        }
+        let (st, slot, run) = self.lookup_run(block, u32::MAX);
+        (st, slot.map(|s| (s, run)))
     }
 
     /// How block `block` reads from this layer, and for how many blocks
