@@ -4,9 +4,14 @@
 mod common;
 
 use std::io::{Read, Write};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::{Fixture, RawClient};
+use ferry_nbd::ServerConfig;
 use ferry_nbd::proto::*;
+use ferry_store::storage::{Mapping, MemStorage, Storage, StorageFile};
+use parking_lot::{Condvar, Mutex};
 
 const MIB: u64 = 1 << 20;
 
@@ -430,4 +435,181 @@ fn removing_an_export_disconnects_its_clients() {
     );
     assert_eq!(keep.call(CMD_READ, 0, 0, 4096, &[]).0, 0, "others stay");
     keep.disconnect();
+}
+
+/// Reads of at least this many bytes wait at a [`Gate`] while it is closed.
+const GATED: usize = 256 << 10;
+
+/// Where large reads wait while the test holds them: a device that answers
+/// only when told to.
+#[derive(Debug, Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    waiting: usize,
+}
+
+impl Gate {
+    fn pass(&self, len: usize) {
+        if len < GATED {
+            return;
+        }
+        let mut st = self.state.lock();
+        st.waiting += 1;
+        self.changed.notify_all();
+        while st.closed {
+            self.changed.wait(&mut st);
+        }
+        st.waiting -= 1;
+    }
+
+    fn set_closed(&self, closed: bool) {
+        self.state.lock().closed = closed;
+        self.changed.notify_all();
+    }
+
+    /// Waits until a read is held at the gate (or panics after a minute).
+    fn wait_for_a_read(&self) {
+        let mut st = self.state.lock();
+        while st.waiting == 0 {
+            let timed_out = self
+                .changed
+                .wait_for(&mut st, Duration::from_secs(60))
+                .timed_out();
+            assert!(!timed_out, "no read reached the storage");
+        }
+    }
+}
+
+/// Opens the gate when dropped, so that a failing test leaves no thread
+/// stuck behind it.
+struct Opens<'a>(&'a Gate);
+
+impl Drop for Opens<'_> {
+    fn drop(&mut self) {
+        self.0.set_closed(false);
+    }
+}
+
+#[derive(Debug)]
+struct GatedStorage {
+    inner: Arc<dyn Storage>,
+    gate: Arc<Gate>,
+}
+
+impl Storage for GatedStorage {
+    fn open_file(&self, name: &str, create: bool) -> std::io::Result<Arc<dyn StorageFile>> {
+        Ok(Arc::new(GatedFile {
+            inner: self.inner.open_file(name, create)?,
+            gate: self.gate.clone(),
+        }))
+    }
+    fn remove_file(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove_file(name)
+    }
+    fn rename_file(&self, from: &str, to: &str) -> std::io::Result<()> {
+        self.inner.rename_file(from, to)
+    }
+    fn list_dir(&self, dir: &str) -> std::io::Result<Vec<String>> {
+        self.inner.list_dir(dir)
+    }
+}
+
+#[derive(Debug)]
+struct GatedFile {
+    inner: Arc<dyn StorageFile>,
+    gate: Arc<Gate>,
+}
+
+impl StorageFile for GatedFile {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.gate.pass(buf.len());
+        self.inner.read_at(buf, offset)
+    }
+    fn read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> std::io::Result<()> {
+        self.gate.pass(bufs.iter().map(|b| b.len()).sum());
+        self.inner.read_vectored_at(bufs, offset)
+    }
+    fn try_read_vectored_at(&self, bufs: &mut [&mut [u8]], offset: u64) -> std::io::Result<bool> {
+        if bufs.iter().map(|b| b.len()).sum::<usize>() >= GATED {
+            return Ok(false);
+        }
+        self.inner.try_read_vectored_at(bufs, offset)
+    }
+    fn mapping(&self, _len: u64) -> Option<Arc<Mapping>> {
+        None
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn write_vectored_at(&self, bufs: &[&[u8]], offset: u64) -> std::io::Result<()> {
+        self.inner.write_vectored_at(bufs, offset)
+    }
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.inner.sync_data()
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.punch_hole(offset, len)
+    }
+    fn len(&self) -> std::io::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn preallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.inner.preallocate(offset, len)
+    }
+}
+
+/// Replies leave as requests finish, not in the order they came: a read
+/// held on the device does not hold back the requests behind it, which are
+/// answered (simple replies, as the kernel's client reads them) while it
+/// waits; then it is answered with its own bytes.
+#[test]
+fn a_slow_read_does_not_hold_back_the_replies_behind_it() {
+    let gate = Arc::new(Gate::default());
+    let storage = Arc::new(GatedStorage {
+        inner: MemStorage::new(),
+        gate: gate.clone(),
+    });
+    let f = Fixture::with_storage(8 * MIB, ServerConfig::default(), storage);
+    let big = 512 << 10;
+    fill(&f, 0x11, 0, big);
+    fill(&f, 0x22, 4 * MIB, 4096);
+    gate.set_closed(true);
+    let _opens = Opens(&gate);
+    let mut c = RawClient::connect(f.addr, "disk");
+    // A server that answered in order would wait here forever.
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    c.send(CMD_READ, 0, 1, 0, big as u32, &[]);
+    gate.wait_for_a_read();
+    c.send(CMD_READ, 0, 2, 4 * MIB, 4096, &[]);
+    c.send(CMD_WRITE, 0, 3, 5 * MIB, 4096, &[0x33; 4096]);
+    c.send(CMD_FLUSH, 0, 4, 0, 0, &[]);
+    let mut behind = std::collections::BTreeMap::new();
+    for _ in 0..3 {
+        let (cookie, err, data) = c.reply().expect("replies behind the held read");
+        assert_eq!(err, 0, "cookie {cookie}");
+        behind.insert(cookie, data);
+    }
+    assert_eq!(
+        behind.keys().copied().collect::<Vec<_>>(),
+        [2, 3, 4],
+        "the held read was answered before it was let go"
+    );
+    assert!(behind[&2].iter().all(|&b| b == 0x22), "read 2's bytes");
+    gate.set_closed(false);
+    let (cookie, err, data) = c.reply().unwrap();
+    assert_eq!((cookie, err), (1, 0));
+    assert!(data.len() == big && data.iter().all(|&b| b == 0x11));
+    c.disconnect();
+    assert!(read_back(&f, 5 * MIB, 4096).iter().all(|&b| b == 0x33));
 }

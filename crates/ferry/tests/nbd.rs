@@ -301,3 +301,82 @@ fn sigterm_with_nbd_clients_connected_stops_cleanly() {
         &["read -P 0x4b 8k 4k"],
     );
 }
+
+/// Entries of a directory of /proc.
+fn entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Waits until ferryd has no NBD connection thread left (they are named
+/// `nbd-conn-N`), which is when every connection's end has been handled.
+fn wait_no_connections(pid: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let open = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|name| name.starts_with("nbd-conn"))
+            .count();
+        if open == 0 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} NBD connection threads still there a minute after the clients left"
+        );
+        std::thread::yield_now();
+    }
+}
+
+/// A thousand connections to the daemon — most read and disconnect, some
+/// vanish without a disconnect, some leave mid-handshake — leave no file
+/// descriptor, thread or memory behind in ferryd.
+#[test]
+fn a_thousand_connections_to_ferryd_leak_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = Daemon::start(&data);
+    setup(&d);
+    let pid = d.pid();
+    let cycle = |n: usize| {
+        for i in 0..n {
+            if i % 10 == 9 {
+                // gone after the greeting
+                let mut s = std::net::TcpStream::connect(d.nbd.as_str()).unwrap();
+                let mut greeting = [0u8; 18];
+                std::io::Read::read_exact(&mut s, &mut greeting).unwrap();
+                continue;
+            }
+            let mut c = RawClient::connect(d.nbd.as_str(), "vm1-system");
+            assert_eq!(c.call(CMD_READ, 0, 0, 4096, &[]).0, 0);
+            if i % 4 == 3 {
+                drop(c); // no NBD_CMD_DISC
+            } else {
+                c.disconnect();
+            }
+        }
+        wait_no_connections(pid);
+    };
+    cycle(50);
+    let fd_dir = format!("/proc/{pid}/fd");
+    let task_dir = format!("/proc/{pid}/task");
+    let (fds, threads, rss) = (entries(&fd_dir), entries(&task_dir), rss_kib(pid));
+    cycle(1000);
+    assert_eq!(entries(&fd_dir), fds, "file descriptors leaked");
+    let now = entries(&task_dir);
+    assert!(
+        now <= threads + 2,
+        "threads leaked: {threads} before, {now} after"
+    );
+    let grown = rss_kib(pid).saturating_sub(rss);
+    assert!(
+        grown < 16 * 1024,
+        "ferryd's RSS grew by {grown} KiB over 1000 connections"
+    );
+}

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use ferry_nbd::handshake::{Catalog, ExportMeta};
 use ferry_nbd::{Disk, Exports, Server, ServerConfig};
+use ferry_store::storage::Storage;
 use ferry_store::{DiffEnd, RoaringBitmap, SnapshotKind, Store, Target};
 use parking_lot::Mutex;
 
@@ -113,7 +114,23 @@ impl Fixture {
 
     pub fn with_config(size: u64, config: ServerConfig) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path().join("store")).unwrap());
+        let store = Store::open(dir.path().join("store")).unwrap();
+        Self::with_store(dir, store, size, config)
+    }
+
+    /// A server over a store on `storage` (which outlives the fixture).
+    pub fn with_storage(size: u64, config: ServerConfig, storage: Arc<dyn Storage>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        Self::with_store(dir, Store::open_storage(storage).unwrap(), size, config)
+    }
+
+    fn with_store(
+        dir: tempfile::TempDir,
+        store: Store,
+        size: u64,
+        config: ServerConfig,
+    ) -> Fixture {
+        let store = Arc::new(store);
         store.create_volume("disk", size).unwrap();
         let exports = Arc::new(MapExports {
             store: store.clone(),
