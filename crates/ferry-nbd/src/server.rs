@@ -1019,7 +1019,11 @@ impl Replies {
             }
         }
         st.writing = false;
-        self.idle.notify_all();
+        // One waiter takes the role; waking them all would send the rest
+        // back to sleep (two context switches each, per large reply). A
+        // waiter that finds the role taken again waits for that writer,
+        // which wakes one in turn.
+        self.idle.notify_one();
         result
     }
 }
