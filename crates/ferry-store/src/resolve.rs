@@ -11,10 +11,17 @@
 //! block, so a read asks no layer at all.
 //!
 //! Invariant: a resolver is valid while its chain is unchanged. Sealed layers
-//! change only by merges, which copy a parent's blocks into its child without
-//! changing what any block reads (or any slot a block already has), so a
-//! resolver built before or during a merge stays correct until the merge's
-//! commit changes the chain — and every chain change drops the resolver.
+//! change only by merges. A merge copies a parent's blocks into its child
+//! without changing what any block reads (or any slot a block already has).
+//! An absorb goes the other way: a small sealed child's blocks into its
+//! parent, whose snapshot was deleted; it may overwrite the parent's own
+//! copy of a block in place, but only where the child defines the block,
+//! so every chain through the child still reads the child's (and a resolver
+//! names the child there). Either way a resolver built before or during the
+//! copy stays correct until the commit changes the chain — and every chain
+//! change drops the resolver. Only a reader still holding the deleted
+//! snapshot itself (a request in flight on its export as it is deleted) can
+//! see an absorbed block's new bytes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
