@@ -163,6 +163,12 @@ def expect(h, what, code, fn):
     assert h.pread(4096, 0) == b"\x5a" * 4096, what
 
 h = connect(uri)
+# what the server advertises for a read-write export (strict mode is off,
+# so libnbd would send these commands whether or not they are advertised)
+assert h.can_flush() and h.can_fua() and h.can_trim() and h.can_zero(), "flags"
+assert h.can_fast_zero() and h.can_multi_conn() and h.can_cache(), "flags"
+assert h.get_block_size(nbd.SIZE_MINIMUM) == 1, "no alignment is required"
+assert h.get_block_size(nbd.SIZE_MAXIMUM) == 32 << 20, "32 MiB requests"
 size = h.get_size()
 h.pwrite(b"\x5a" * 8192, 0)
 expect(h, "read past the end", errno.EINVAL, lambda: h.pread(8192, size - 4096))
@@ -231,6 +237,20 @@ assert h.get_block_size(nbd.SIZE_PREFERRED) == 4096
 h.opt_abort()
 assert h.aio_is_closed(), "ABORT ends the session"
 
+# LIST_META_CONTEXT: every context for no query, the snapshots' contexts
+# for the ferry namespace
+h = nbd.NBD()
+h.set_opt_mode(True)
+h.connect_uri(uri)
+listed = []
+h.opt_list_meta_context(lambda name: listed.append(name) or 0)
+assert sorted(listed) == ["base:allocation", "ferry:changed-since:s1"], listed
+listed.clear()
+h.add_meta_context("ferry:")
+h.opt_list_meta_context(lambda name: listed.append(name) or 0)
+assert listed == ["ferry:changed-since:s1"], listed
+h.opt_abort()
+
 # the server goes on: CACHE, and BLOCK_STATUS with and without REQ_ONE
 h = nbd.NBD()
 h.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
@@ -251,7 +271,7 @@ assert h.pread(65536, 0) == b"\x61" * 65536
 h.shutdown()
 
 # an unknown option, by hand: NBD_REP_ERR_UNSUP, then LIST still answers
-s = socket.create_connection((host, port))
+OPTS = 0x49484156454F5054
 def recv(n):
     b = b""
     while len(b) < n:
@@ -259,10 +279,13 @@ def recv(n):
         assert c, "connection closed"
         b += c
     return b
-magic, ihave, flags = struct.unpack(">QQH", recv(18))
-assert ihave == 0x49484156454F5054, hex(ihave)
-s.sendall(struct.pack(">I", 3))  # FIXED_NEWSTYLE | NO_ZEROES
-OPTS = 0x49484156454F5054
+def greeted(client_flags):
+    global s
+    s = socket.create_connection((host, port))
+    magic, ihave, flags = struct.unpack(">QQH", recv(18))
+    assert ihave == OPTS, hex(ihave)
+    s.sendall(struct.pack(">I", client_flags))
+greeted(3)  # FIXED_NEWSTYLE | NO_ZEROES
 def option(opt, data=b""):
     s.sendall(struct.pack(">QII", OPTS, opt, len(data)) + data)
 def reply():
@@ -285,6 +308,24 @@ option(2)  # ABORT
 opt, typ, _ = reply()
 assert typ == 1, hex(typ)
 s.close()
+
+# NBD_OPT_EXPORT_NAME (the old way in): size and flags, then 124 zero
+# bytes unless the client said NO_ZEROES; then a read with a simple reply,
+# and a disconnect, after which the server closes
+for client_flags in (3, 1):
+    greeted(client_flags)
+    option(1, b"disk")  # EXPORT_NAME
+    size, tflags = struct.unpack(">QH", recv(10))
+    assert size == 8 << 20 and tflags & 1, (size, tflags)
+    if not client_flags & 2:
+        assert recv(124) == bytes(124)
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 0, 7, 0, 4096))  # READ
+    magic, err, cookie = struct.unpack(">IIQ", recv(16))
+    assert (magic, err, cookie) == (0x67446698, 0, 7), (hex(magic), err, cookie)
+    assert recv(4096) == b"\x61" * 4096
+    s.sendall(struct.pack(">IHHQQI", 0x25609513, 0, 2, 8, 0, 0))  # DISC
+    assert s.recv(1) == b"", "the server closes after a disconnect"
+    s.close()
 print("ok")
 "#;
 
@@ -363,4 +404,43 @@ fn fua_writes_survive_a_power_cut_without_a_flush() {
         }
     }
     assert!(plain_lost > 0, "no unflushed write was ever lost");
+}
+
+/// Simple replies (what the kernel's client reads) with many requests in
+/// flight: libnbd without structured replies queues 64 writes, then 64
+/// reads (64 KiB each: the mapped path), and every read gets its own bytes.
+const SIMPLE_PY: &str = r#"
+import sys, nbd
+sys.argv = ARGS
+h = nbd.NBD()
+h.set_request_structured_replies(False)
+h.connect_uri(sys.argv[1])
+assert not h.get_structured_replies_negotiated()
+K = 65536
+for i in range(64):
+    h.aio_pwrite(nbd.Buffer.from_bytearray(bytearray([i]) * K), (i + 16) * K)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+reads = [nbd.Buffer(K) for _ in range(64)]
+for i in range(64):
+    h.aio_pread(reads[i], (i + 16) * K)
+while h.aio_in_flight() > 0:
+    h.poll(-1)
+for i in range(64):
+    assert reads[i].to_bytearray() == bytearray([i]) * K, f"read {i}"
+h.flush()
+h.shutdown()
+print("ok")
+"#;
+
+#[test]
+fn simple_replies_with_many_requests_in_flight() {
+    let f = Fixture::new(8 * MIB);
+    nbdsh(SIMPLE_PY, &["simple", &f.uri("disk")], "simple replies");
+    let mut buf = vec![0u8; 65536];
+    let vol = f.store.volume("disk").unwrap();
+    for i in 0..64u64 {
+        vol.read(&mut buf, (i + 16) * 65536).unwrap();
+        assert!(buf.iter().all(|&b| b == i as u8), "block {i} on disk");
+    }
 }

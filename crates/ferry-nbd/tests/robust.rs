@@ -613,3 +613,48 @@ fn a_slow_read_does_not_hold_back_the_replies_behind_it() {
     c.disconnect();
     assert!(read_back(&f, 5 * MIB, 4096).iter().all(|&b| b == 0x33));
 }
+
+/// A disconnect sent right behind a read that waits on the device: the
+/// read is still answered, with its own bytes, before the server closes.
+#[test]
+fn a_disconnect_waits_for_the_requests_in_flight() {
+    let gate = Arc::new(Gate::default());
+    let storage = Arc::new(GatedStorage {
+        inner: MemStorage::new(),
+        gate: gate.clone(),
+    });
+    let f = Fixture::with_storage(8 * MIB, ServerConfig::default(), storage);
+    let big = 512 << 10;
+    fill(&f, 0x44, MIB, big);
+    gate.set_closed(true);
+    let _opens = Opens(&gate);
+    let mut c = RawClient::connect(f.addr, "disk");
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // one send: the server reads the disconnect while the read is held
+    let mut both = Vec::new();
+    for (cmd, cookie, offset, len) in [(CMD_READ, 1, MIB, big as u32), (CMD_DISC, 2, 0, 0)] {
+        both.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        both.extend_from_slice(&0u16.to_be_bytes());
+        both.extend_from_slice(&cmd.to_be_bytes());
+        both.extend_from_slice(&(cookie as u64).to_be_bytes());
+        both.extend_from_slice(&offset.to_be_bytes());
+        both.extend_from_slice(&len.to_be_bytes());
+    }
+    c.sock.write_all(&both).unwrap();
+    gate.wait_for_a_read();
+    gate.set_closed(false);
+    let mut head = [0u8; 16];
+    c.sock.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..4], &SIMPLE_REPLY_MAGIC.to_be_bytes());
+    assert_eq!(&head[4..8], &0u32.to_be_bytes(), "the read failed");
+    assert_eq!(&head[8..], &1u64.to_be_bytes());
+    let mut data = vec![0u8; big];
+    c.sock.read_exact(&mut data).unwrap();
+    assert!(data.iter().all(|&b| b == 0x44));
+    let mut rest = Vec::new();
+    c.sock.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{} bytes after the last reply", rest.len());
+    f.server.wait_idle();
+}
