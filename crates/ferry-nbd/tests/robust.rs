@@ -567,28 +567,40 @@ impl StorageFile for GatedFile {
     }
 }
 
-/// Replies leave as requests finish, not in the order they came: a read
-/// held on the device does not hold back the requests behind it, which are
-/// answered (simple replies, as the kernel's client reads them) while it
-/// waits; then it is answered with its own bytes.
-#[test]
-fn a_slow_read_does_not_hold_back_the_replies_behind_it() {
+/// A server over a store whose large reads wait at the gate returned.
+fn gated_fixture() -> (Fixture, Arc<Gate>) {
     let gate = Arc::new(Gate::default());
     let storage = Arc::new(GatedStorage {
         inner: MemStorage::new(),
         gate: gate.clone(),
     });
     let f = Fixture::with_storage(8 * MIB, ServerConfig::default(), storage);
+    (f, gate)
+}
+
+/// A client whose reads fail after a minute rather than hang.
+fn patient_client(f: &Fixture) -> RawClient {
+    let c = RawClient::connect(f.addr, "disk");
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    c
+}
+
+/// Replies leave as requests finish, not in the order they came: a read
+/// held on the device does not hold back the requests behind it, which are
+/// answered (simple replies, as the kernel's client reads them) while it
+/// waits; then it is answered with its own bytes.
+#[test]
+fn a_slow_read_does_not_hold_back_the_replies_behind_it() {
+    let (f, gate) = gated_fixture();
     let big = 512 << 10;
     fill(&f, 0x11, 0, big);
     fill(&f, 0x22, 4 * MIB, 4096);
     gate.set_closed(true);
     let _opens = Opens(&gate);
-    let mut c = RawClient::connect(f.addr, "disk");
     // A server that answered in order would wait here forever.
-    c.sock
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut c = patient_client(&f);
     c.send(CMD_READ, 0, 1, 0, big as u32, &[]);
     gate.wait_for_a_read();
     c.send(CMD_READ, 0, 2, 4 * MIB, 4096, &[]);
@@ -618,20 +630,12 @@ fn a_slow_read_does_not_hold_back_the_replies_behind_it() {
 /// read is still answered, with its own bytes, before the server closes.
 #[test]
 fn a_disconnect_waits_for_the_requests_in_flight() {
-    let gate = Arc::new(Gate::default());
-    let storage = Arc::new(GatedStorage {
-        inner: MemStorage::new(),
-        gate: gate.clone(),
-    });
-    let f = Fixture::with_storage(8 * MIB, ServerConfig::default(), storage);
+    let (f, gate) = gated_fixture();
     let big = 512 << 10;
     fill(&f, 0x44, MIB, big);
     gate.set_closed(true);
     let _opens = Opens(&gate);
-    let mut c = RawClient::connect(f.addr, "disk");
-    c.sock
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
+    let mut c = patient_client(&f);
     // one send: the server reads the disconnect while the read is held
     let mut both = Vec::new();
     for (cmd, cookie, offset, len) in [(CMD_READ, 1, MIB, big as u32), (CMD_DISC, 2, 0, 0)] {
