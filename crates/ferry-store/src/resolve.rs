@@ -19,9 +19,9 @@
 //! so every chain through the child still reads the child's (and a resolver
 //! names the child there). Either way a resolver built before or during the
 //! copy stays correct until the commit changes the chain — and every chain
-//! change drops the resolver. Only a reader still holding the deleted
-//! snapshot itself (a request in flight on its export as it is deleted) can
-//! see an absorbed block's new bytes.
+//! change drops the resolver. A reader still holding the deleted snapshot
+//! itself (its export open as it is deleted) would see an absorbed block's
+//! new bytes, so there is no absorb while one does (`Layer::hold_reader`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

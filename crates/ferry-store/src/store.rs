@@ -1345,7 +1345,8 @@ impl Store {
     /// child's place. Only for a sealed child (no volume's head: nothing
     /// writes it) that holds fewer blocks than `from` — a snapshot taken
     /// after a large one, as replication's points are — so the copy costs
-    /// the small side.
+    /// the small side; and only when no snapshot reader (an export of the
+    /// deleted snapshot, still open) reads `from` as its top.
     fn absorbs(&self, from: LayerId, into: LayerId) -> Result<bool> {
         let head = self
             .inner
@@ -1357,6 +1358,11 @@ impl Store {
             return Ok(false);
         }
         let (src, dst) = (self.layer(from)?, self.layer(into)?);
+        // A reader of the deleted snapshot still reads `from` as it is:
+        // the child's blocks must not be copied over it.
+        if src.readers() > 0 {
+            return Ok(false);
+        }
         Ok(dst.with_map(|d| d.present.len()) < src.with_map(|s| s.present.len()))
     }
 

@@ -552,6 +552,53 @@ fn deleting_a_large_snapshot_before_a_small_one_copies_only_the_small_one() {
     assert_eq!(layer_count(&storage), 3);
 }
 
+/// A snapshot still being read (its export's requests in flight as it is
+/// deleted) keeps its bytes while its space is given back: the merge then
+/// goes the usual way (its blocks into the child) instead of the child's
+/// blocks into its layer, which would overwrite what the reader reads.
+#[test]
+fn a_deleted_snapshot_still_being_read_keeps_its_bytes_through_the_merge() {
+    const BLOCKS: usize = 1024;
+    let (_storage, store) = mem_store();
+    store.create_volume("v", (BLOCKS * 4096) as u64).unwrap();
+    store.create_group("g", &[("data", "v")]).unwrap();
+    let v = store.volume("v").unwrap();
+    let len = BLOCKS * 4096;
+    let s0 = pattern(1, len);
+    v.write(&s0, 0, false).unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s0", SnapshotKind::Crash)
+        .unwrap();
+    // s1 (the small child): 50 blocks rewritten
+    let mut s1 = s0.clone();
+    s1[100 * 4096..150 * 4096].copy_from_slice(&pattern(2, 50 * 4096));
+    v.write(&s1[100 * 4096..150 * 4096], 100 * 4096, false)
+        .unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s1", SnapshotKind::Crash)
+        .unwrap();
+    let reader = store
+        .open_snapshot(Target::Group("g"), "s0", Some("data"))
+        .unwrap();
+    store
+        .delete_snapshot_record(Target::Group("g"), "s0")
+        .unwrap();
+    let progress = Progress::new();
+    assert_eq!(
+        store.collect_garbage_with(&progress).unwrap(),
+        GcOutcome::Finished
+    );
+    assert_eq!(progress.done(), (BLOCKS - 50) as u64, "s0's blocks into s1");
+    let mut got = vec![0u8; len];
+    reader.read(&mut got, 0).unwrap();
+    assert!(
+        got == s0,
+        "the reader of the deleted snapshot saw other bytes (blocks 100..150 are s1's?)"
+    );
+    assert_eq!(snapshot_bytes(&store, "g", "s1", len), s1);
+    assert_eq!(read(&store, "v", 0, len), s1);
+}
+
 /// The bytes iovecs point at, gathered the way the NBD server uses them: by
 /// a system call (`pwritev` into a memory file), never by dereferencing.
 fn gather(iov: &[libc::iovec]) -> Vec<u8> {

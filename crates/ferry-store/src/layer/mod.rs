@@ -34,7 +34,7 @@ use parking_lot::{Mutex, RwLock};
 use roaring::RoaringBitmap;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use crate::storage::{Storage, StorageFile};
 use crate::types::{BLOCK_SIZE, LayerId};
@@ -100,6 +100,9 @@ pub(crate) struct Layer {
     map: RwLock<LayerMap>,
     journal: Mutex<Journal>,
     failed: AtomicBool,
+    /// Snapshot readers whose chain starts at this layer
+    /// ([`Layer::hold_reader`]).
+    readers: AtomicUsize,
 }
 
 pub(crate) fn data_name(id: LayerId) -> String {
@@ -188,6 +191,7 @@ impl Layer {
                 compacted_len: HEADER_LEN as u64,
             }),
             failed: AtomicBool::new(false),
+            readers: AtomicUsize::new(0),
         })
     }
 
@@ -246,6 +250,7 @@ impl Layer {
                 compacted_len: decoded.valid_len as u64,
             }),
             failed: AtomicBool::new(false),
+            readers: AtomicUsize::new(0),
         };
         if decoded.version != MAP_VERSION {
             tracing::info!(layer = %id, from = decoded.version, to = MAP_VERSION, "rewriting a layer map in the current format");
@@ -348,6 +353,23 @@ impl Layer {
     /// Like [`read_file`](Self::read_file), into several buffers in turn.
     pub fn read_file_vectored(&self, bufs: &mut [&mut [u8]], at: u64) -> io::Result<()> {
         self.data.read_vectored_at(bufs, at)
+    }
+
+    /// A snapshot reader starts its chain here. Counted so that garbage
+    /// collection, once the snapshot is deleted, does not copy the child's
+    /// blocks into this layer (an absorb) while the reader may still read
+    /// the blocks they would overwrite. Undone by [`Layer::release_reader`].
+    pub fn hold_reader(&self) {
+        self.readers.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn release_reader(&self) {
+        self.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Snapshot readers whose chain starts here.
+    pub fn readers(&self) -> usize {
+        self.readers.load(Ordering::SeqCst)
     }
 
     /// A mapping of at least the data file's first `len` bytes, if the
