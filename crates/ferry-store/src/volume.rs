@@ -14,7 +14,7 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::sync::{Arc, OnceLock};
 
 use crate::error::{Result, StoreError};
-use crate::layer::{BlockState, Layer, slot_byte};
+use crate::layer::{BlockState, Layer, ReaderHold, slot_byte};
 use crate::resolve::Resolver;
 use crate::storage::Mapping;
 use crate::types::{BLOCK, BLOCK_SIZE, VolumeId};
@@ -755,45 +755,24 @@ impl VolumeHandle {
 /// A read-only view of one volume of a snapshot. While it lives, its top
 /// layer is held ([`Layer::hold_reader`]): deleting the snapshot meanwhile
 /// gives its space back without changing a byte the reader reads.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct SnapshotReader {
     layers: Vec<Arc<Layer>>,
     size: u64,
     resolver: Arc<OnceLock<Option<Resolver>>>,
-}
-
-impl Clone for SnapshotReader {
-    fn clone(&self) -> SnapshotReader {
-        if let Some(top) = self.layers.first() {
-            top.hold_reader();
-        }
-        SnapshotReader {
-            layers: self.layers.clone(),
-            size: self.size,
-            resolver: self.resolver.clone(),
-        }
-    }
-}
-
-impl Drop for SnapshotReader {
-    fn drop(&mut self) {
-        if let Some(top) = self.layers.first() {
-            top.release_reader();
-        }
-    }
+    _hold: Option<ReaderHold>,
 }
 
 impl SnapshotReader {
     /// Called under the catalog lock, where the snapshot was found: a
     /// deletion commits after the hold, and garbage collection sees it.
     pub(crate) fn new(layers: Vec<Arc<Layer>>, size: u64) -> SnapshotReader {
-        if let Some(top) = layers.first() {
-            top.hold_reader();
-        }
+        let _hold = layers.first().map(Layer::hold_reader);
         SnapshotReader {
             layers,
             size,
             resolver: Arc::default(),
+            _hold,
         }
     }
 

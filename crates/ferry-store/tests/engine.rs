@@ -485,6 +485,29 @@ fn a_format_1_store_opens_reads_and_moves_on() {
     assert_eq!(snapshot_bytes(&store, "g", "t", MIB as usize), want);
 }
 
+/// Volume `v` of `blocks` blocks in group `g`, all written (the bytes
+/// returned first), snapshot `s0` of it, then `rewritten` blocks written
+/// again: the bytes now are returned second.
+fn large_snapshot_then_rewrite(
+    store: &Store,
+    blocks: usize,
+    rewritten: std::ops::Range<usize>,
+) -> (ferry_store::VolumeHandle, Vec<u8>, Vec<u8>) {
+    store.create_volume("v", (blocks * 4096) as u64).unwrap();
+    store.create_group("g", &[("data", "v")]).unwrap();
+    let v = store.volume("v").unwrap();
+    let s0 = pattern(1, blocks * 4096);
+    v.write(&s0, 0, false).unwrap();
+    store
+        .create_snapshot(Target::Group("g"), "s0", SnapshotKind::Crash)
+        .unwrap();
+    let (from, to) = (rewritten.start * 4096, rewritten.end * 4096);
+    let mut now = s0.clone();
+    now[from..to].copy_from_slice(&pattern(2, to - from));
+    v.write(&now[from..to], from as u64, false).unwrap();
+    (v, s0, now)
+}
+
 /// Deleting a large snapshot whose only child is a small sealed snapshot
 /// (replication's points) copies the small side: the child's blocks go
 /// into the parent, which takes the child's place; every block reads as
@@ -493,20 +516,9 @@ fn a_format_1_store_opens_reads_and_moves_on() {
 fn deleting_a_large_snapshot_before_a_small_one_copies_only_the_small_one() {
     const BLOCKS: usize = 2048;
     let (storage, store) = mem_store();
-    store.create_volume("v", (BLOCKS * 4096) as u64).unwrap();
-    store.create_group("g", &[("data", "v")]).unwrap();
-    let v = store.volume("v").unwrap();
     let len = BLOCKS * 4096;
-    let s0 = pattern(1, len);
-    v.write(&s0, 0, false).unwrap();
-    store
-        .create_snapshot(Target::Group("g"), "s0", SnapshotKind::Crash)
-        .unwrap();
     // s1: 100 blocks rewritten and 20 trimmed
-    let mut s1 = s0.clone();
-    s1[500 * 4096..600 * 4096].copy_from_slice(&pattern(2, 100 * 4096));
-    v.write(&s1[500 * 4096..600 * 4096], 500 * 4096, false)
-        .unwrap();
+    let (v, _s0, mut s1) = large_snapshot_then_rewrite(&store, BLOCKS, 500..600);
     v.write_zeroes(700 * 4096, 20 * 4096, false).unwrap();
     s1[700 * 4096..720 * 4096].fill(0);
     store
@@ -560,20 +572,9 @@ fn deleting_a_large_snapshot_before_a_small_one_copies_only_the_small_one() {
 fn a_deleted_snapshot_still_being_read_keeps_its_bytes_through_the_merge() {
     const BLOCKS: usize = 1024;
     let (_storage, store) = mem_store();
-    store.create_volume("v", (BLOCKS * 4096) as u64).unwrap();
-    store.create_group("g", &[("data", "v")]).unwrap();
-    let v = store.volume("v").unwrap();
     let len = BLOCKS * 4096;
-    let s0 = pattern(1, len);
-    v.write(&s0, 0, false).unwrap();
-    store
-        .create_snapshot(Target::Group("g"), "s0", SnapshotKind::Crash)
-        .unwrap();
     // s1 (the small child): 50 blocks rewritten
-    let mut s1 = s0.clone();
-    s1[100 * 4096..150 * 4096].copy_from_slice(&pattern(2, 50 * 4096));
-    v.write(&s1[100 * 4096..150 * 4096], 100 * 4096, false)
-        .unwrap();
+    let (_v, s0, s1) = large_snapshot_then_rewrite(&store, BLOCKS, 100..150);
     store
         .create_snapshot(Target::Group("g"), "s1", SnapshotKind::Crash)
         .unwrap();

@@ -105,6 +105,23 @@ pub(crate) struct Layer {
     readers: AtomicUsize,
 }
 
+/// A reader's hold on the top layer of its chain ([`Layer::hold_reader`]);
+/// a clone holds again.
+#[derive(Debug)]
+pub(crate) struct ReaderHold(Arc<Layer>);
+
+impl Clone for ReaderHold {
+    fn clone(&self) -> ReaderHold {
+        self.0.hold_reader()
+    }
+}
+
+impl Drop for ReaderHold {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub(crate) fn data_name(id: LayerId) -> String {
     format!("layers/{:016x}.data", id.0)
 }
@@ -355,16 +372,13 @@ impl Layer {
         self.data.read_vectored_at(bufs, at)
     }
 
-    /// A snapshot reader starts its chain here. Counted so that garbage
-    /// collection, once the snapshot is deleted, does not copy the child's
-    /// blocks into this layer (an absorb) while the reader may still read
-    /// the blocks they would overwrite. Undone by [`Layer::release_reader`].
-    pub fn hold_reader(&self) {
+    /// A snapshot reader starts its chain here, until the hold is dropped.
+    /// Counted so that garbage collection, once the snapshot is deleted,
+    /// does not copy the child's blocks into this layer (an absorb) while
+    /// the reader may still read the blocks they would overwrite.
+    pub fn hold_reader(self: &Arc<Layer>) -> ReaderHold {
         self.readers.fetch_add(1, Ordering::SeqCst);
-    }
-
-    pub fn release_reader(&self) {
-        self.readers.fetch_sub(1, Ordering::SeqCst);
+        ReaderHold(self.clone())
     }
 
     /// Snapshot readers whose chain starts here.
