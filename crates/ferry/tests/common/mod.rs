@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod netns;
+pub mod served;
 
 use serde_json::Value;
 use std::fs::{File, OpenOptions};

@@ -1,14 +1,12 @@
-//! qemu's NBD client (qemu-io, qemu-img) against ferry's server.
+//! qemu's NBD client (qemu-io, qemu-img) against ferryd.
 
 mod common;
 
-use common::{Fixture, qemu_io, run};
-
-const MIB: u64 = 1 << 20;
+use common::served::{MIB, Served, qemu_io, qemu_io_ro, run, run_raw};
 
 #[test]
 fn qemu_io_patterns_verify() {
-    let f = Fixture::new(64 * MIB);
+    let f = Served::new(64 * MIB);
     let uri = f.uri("disk");
     qemu_io(
         &uri,
@@ -47,8 +45,10 @@ fn qemu_io_patterns_verify() {
             "read -P 0x5a 16M 32M",
         ],
     );
-    // The bytes are in the engine, not only in what the server said.
-    let v = f.store.volume("disk").unwrap();
+    // a second connection sees them
+    qemu_io(&uri, &["read -P 0x24 5M 1M", "read -P 0 40k 8k"]);
+    // The bytes are in the engine's files, not only in what the server said.
+    let (_store, v, _dir) = f.stop_and_open();
     let mut buf = vec![0u8; 4608];
     v.read(&mut buf, 0).unwrap();
     assert!(buf[..4097].iter().all(|&b| b == 0xab));
@@ -56,14 +56,12 @@ fn qemu_io_patterns_verify() {
     let mut big = vec![0u8; (32 * MIB) as usize];
     v.read(&mut big, 16 * MIB).unwrap();
     assert!(big.iter().all(|&b| b == 0x5a));
-    // and a second connection sees them
-    qemu_io(&uri, &["read -P 0x24 5M 1M", "read -P 0 40k 8k"]);
 }
 
 #[test]
 fn qemu_img_convert_compare_and_map() {
-    let f = Fixture::new(16 * MIB);
-    let dir = f.dir.path();
+    let f = Served::new(16 * MIB);
+    let dir = f.work();
     let src = dir.join("src.img");
     let src_s = src.to_str().unwrap();
     run("qemu-img", &["create", "-f", "raw", src_s, "16M"]);
@@ -121,14 +119,14 @@ fn qemu_img_convert_compare_and_map() {
 
 #[test]
 fn snapshot_export_is_read_only_and_frozen() {
-    let f = Fixture::new(4 * MIB);
+    let f = Served::new(4 * MIB);
     let uri = f.uri("disk");
     qemu_io(&uri, &["write -P 0x31 0 1M"]);
     f.export_snapshot("frozen", "s1");
     qemu_io(&uri, &["write -P 0x32 0 1M"]);
     let snap = f.uri("frozen");
-    common::qemu_io_ro(&snap, &["read -P 0x31 0 1M"]);
-    let out = common::run_raw("qemu-io", &["-f", "raw", "-c", "write -P 0x33 0 4k", &snap]);
+    qemu_io_ro(&snap, &["read -P 0x31 0 1M"]);
+    let out = run_raw("qemu-io", &["-f", "raw", "-c", "write -P 0x33 0 4k", &snap]);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -138,6 +136,6 @@ fn snapshot_export_is_read_only_and_frozen() {
         !out.status.success() && (text.contains("read-only") || text.contains("Permission denied")),
         "writing to a snapshot export was not refused: {text}"
     );
-    common::qemu_io_ro(&snap, &["read -P 0x31 0 1M"]);
+    qemu_io_ro(&snap, &["read -P 0x31 0 1M"]);
     qemu_io(&uri, &["read -P 0x32 0 1M"]);
 }

@@ -8,11 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use common::{Fixture, Source, run};
-use ferry_nbd::Catalog;
-use ferry_store::{SnapshotKind, Target};
-
-const MIB: u64 = 1 << 20;
+use common::served::{MIB, Served, qemu_io, run};
 
 /// qemu-storage-daemon serving an NBD export as a FUSE file; stopped (and
 /// flushed) on drop.
@@ -22,7 +18,7 @@ struct FuseDisk {
 }
 
 impl FuseDisk {
-    fn start(f: &Fixture, export: &str, file: &Path, writable: bool) -> FuseDisk {
+    fn start(f: &Served, export: &str, size: u64, file: &Path, writable: bool) -> FuseDisk {
         std::fs::write(file, b"").unwrap();
         let qmp = file.with_extension("qmp");
         let child = Command::new("qemu-storage-daemon")
@@ -30,8 +26,8 @@ impl FuseDisk {
                 "--blockdev",
                 &format!(
                     "driver=nbd,node-name=n0,server.type=inet,server.host={},server.port={},export={export}",
-                    f.addr.ip(),
-                    f.addr.port()
+                    f.host(),
+                    f.port()
                 ),
                 "--export",
                 &format!(
@@ -53,9 +49,8 @@ impl FuseDisk {
             file: file.to_owned(),
         };
         // The export is ready once the file is a FUSE mount (its size is the volume's).
-        let want = f.exports.lookup(export).expect("export exists").size;
         for _ in 0..200 {
-            if std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) == want {
+            if std::fs::metadata(file).map(|m| m.len()).unwrap_or(0) == size {
                 return disk;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
@@ -70,37 +65,79 @@ impl FuseDisk {
 impl Drop for FuseDisk {
     fn drop(&mut self) {
         // SIGTERM: qemu-storage-daemon flushes and unmounts on it
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
         let _ = Command::new("umount").arg(&self.file).status();
     }
 }
 
-/// fuse2fs mounting an image file; unmounted on drop.
+/// fuse2fs mounting an image file, in the foreground; unmounted on drop,
+/// and only then gone: it writes the file system's last metadata (the
+/// superblock) after the unmount, so the disk under it may stop only once
+/// fuse2fs has exited.
 struct Mount {
     dir: PathBuf,
+    child: Child,
 }
 
 impl Mount {
     fn new(image: &Path, dir: &Path, read_only: bool) -> Mount {
         std::fs::create_dir_all(dir).unwrap();
-        let mut args = vec![image.to_str().unwrap(), dir.to_str().unwrap()];
+        let log = dir.with_extension("fuse2fs.log");
+        let mut args = vec![image.to_str().unwrap(), dir.to_str().unwrap(), "-f"];
         if read_only {
             args.extend(["-o", "ro"]);
         }
-        run("fuse2fs", &args);
-        Mount {
-            dir: dir.to_owned(),
+        let mut child = Command::new("fuse2fs")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("fuse2fs is installed");
+        for _ in 0..400 {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "fuse2fs {args:?} exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if mounted(dir) {
+                return Mount {
+                    dir: dir.to_owned(),
+                    child,
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
         }
+        let _ = child.kill();
+        panic!("fuse2fs did not mount {}", dir.display());
     }
 
     fn unmount(self) {}
+}
+
+/// Whether a file system is mounted at `dir` (as /proc/self/mounts says).
+fn mounted(dir: &Path) -> bool {
+    let dir = dir.to_str().unwrap();
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(dir))
 }
 
 impl Drop for Mount {
     fn drop(&mut self) {
         let status = Command::new("umount").arg(&self.dir).status().unwrap();
         assert!(status.success(), "umount {}", self.dir.display());
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "fuse2fs on {} ended with {status}",
+            self.dir.display()
+        );
     }
 }
 
@@ -124,11 +161,11 @@ fn files() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn ext4_on_a_volume_then_on_its_clone() {
-    let f = Fixture::new(128 * MIB);
-    let work = f.dir.path();
+    let f = Served::new(128 * MIB);
+    let work = f.work();
     let image = work.join("disk.img");
     {
-        let disk = FuseDisk::start(&f, "disk", &image, true);
+        let disk = FuseDisk::start(&f, "disk", 128 * MIB, &image, true);
         run("mkfs.ext4", &["-q", "-F", disk.file.to_str().unwrap()]);
         let m = Mount::new(&disk.file, &work.join("mnt"), false);
         for (name, data) in files() {
@@ -139,25 +176,17 @@ fn ext4_on_a_volume_then_on_its_clone() {
         run("sync", &[]);
         m.unmount();
     }
-    // a group snapshot and a clone of it, exported
-    f.store.create_group("vm1", &[("system", "disk")]).unwrap();
-    f.store
-        .create_snapshot(Target::Group("vm1"), "s1", SnapshotKind::Crash)
-        .unwrap();
-    f.store.clone_group("vm1", "s1", "vm1-test").unwrap();
-    f.exports
-        .map
-        .lock()
-        .insert("test".into(), Source::Volume("vm1-test-system".into()));
+    // a group snapshot and a clone of it, exported, all with the CLI
+    let d = &f.daemon;
+    d.ferry(&["snapshot", "create", "vm", "--name", "s1"]).ok();
+    d.ferry(&["clone", "vm@s1", "--as", "vm-test"]).ok();
+    d.ferry(&["export", "add", "test", "--volume", "vm-test-system"])
+        .ok();
     // the source keeps changing; the clone must not see it
-    f.store
-        .volume("disk")
-        .unwrap()
-        .write(&vec![0xffu8; 4 * MIB as usize], 0, true)
-        .unwrap();
+    qemu_io(&f.uri("disk"), &["write -P 0xff 0 4M", "flush"]);
 
     let clone_image = work.join("clone.img");
-    let disk = FuseDisk::start(&f, "test", &clone_image, true);
+    let disk = FuseDisk::start(&f, "test", 128 * MIB, &clone_image, true);
     let m = Mount::new(&disk.file, &work.join("mnt-clone"), false);
     for (name, data) in files() {
         let got = std::fs::read(m.dir.join(&name)).unwrap();

@@ -1,12 +1,10 @@
-//! fio's nbd engine (libnbd underneath) with data verification.
+//! fio's nbd engine (libnbd underneath) against ferryd, with data verification.
 
 mod common;
 
-use common::{Fixture, run};
+use common::served::{MIB, Served, run};
 
-const MIB: u64 = 1 << 20;
-
-fn fio(f: &Fixture, args: &[&str]) -> String {
+fn fio(f: &Served, args: &[&str]) -> String {
     let uri = format!("--uri={}", f.uri("disk"));
     // No verify state files left in the working directory.
     let mut all = vec![
@@ -28,7 +26,7 @@ fn fio(f: &Fixture, args: &[&str]) -> String {
 
 #[test]
 fn fio_random_writes_verify_crc32c() {
-    let f = Fixture::new(64 * MIB);
+    let f = Served::new(64 * MIB);
     fio(
         &f,
         &[
@@ -46,7 +44,7 @@ fn fio_random_writes_verify_crc32c() {
 
 #[test]
 fn fio_mixed_block_sizes_verify_md5() {
-    let f = Fixture::new(64 * MIB);
+    let f = Served::new(64 * MIB);
     fio(
         &f,
         &[
@@ -64,7 +62,7 @@ fn fio_mixed_block_sizes_verify_md5() {
 
 #[test]
 fn fio_random_trim_then_reads_zeros() {
-    let f = Fixture::new(32 * MIB);
+    let f = Served::new(32 * MIB);
     // fill, then trim at random: trimmed blocks must read back as zeros
     fio(
         &f,
@@ -88,7 +86,7 @@ fn fio_random_trim_then_reads_zeros() {
         ],
     );
     // fio itself checked no errors; the store shows space came back
-    let v = f.store.volume("disk").unwrap();
+    let (_store, v, _dir) = f.stop_and_open();
     let runs = v.allocation(0, 32 * MIB).unwrap();
     let zero: u64 = runs
         .iter()
@@ -110,7 +108,7 @@ fn fio_random_trim_then_reads_zeros() {
 
 #[test]
 fn fio_two_jobs_at_once_verify() {
-    let f = Fixture::new(64 * MIB);
+    let f = Served::new(64 * MIB);
     fio(
         &f,
         &[
