@@ -36,6 +36,18 @@ pub enum Privilege {
     PartnerRead,
     /// Name the site, hand out pairing tokens, pair and unpair.
     PartnerWrite,
+    /// See replications, their health and figures, and a replica group's
+    /// recovery points.
+    ReplicationRead,
+    /// Pause and resume a replication, and start its next cycle now.
+    ReplicationRun,
+    /// Enable, disable and reverse replications; write and apply seeds.
+    ReplicationWrite,
+    /// Run a failover test (a throw-away copy of a recovery point, with
+    /// exports) and clean it up.
+    FailoverTest,
+    /// Planned and unplanned failover: which site takes a group's writes.
+    Failover,
 }
 
 impl Privilege {
@@ -47,7 +59,7 @@ impl Privilege {
         }
     }
 
-    pub const ALL: [Privilege; 19] = [
+    pub const ALL: [Privilege; 24] = [
         Privilege::VolumeRead,
         Privilege::VolumeWrite,
         Privilege::GroupRead,
@@ -67,6 +79,11 @@ impl Privilege {
         Privilege::UserWrite,
         Privilege::PartnerRead,
         Privilege::PartnerWrite,
+        Privilege::ReplicationRead,
+        Privilege::ReplicationRun,
+        Privilege::ReplicationWrite,
+        Privilege::FailoverTest,
+        Privilege::Failover,
     ];
 }
 
@@ -91,18 +108,30 @@ impl Role {
         use Privilege as P;
         use Role as R;
         match p {
-            P::VolumeRead | P::SpaceRead | P::AuditRead | P::UserRead | P::PartnerRead => {
-                matches!(self, R::Admin | R::Operator)
-            }
-            // Pairing lets another site in: configuration, like users.
-            P::VolumeWrite | P::GroupWrite | P::UserWrite | P::PartnerWrite => {
-                matches!(self, R::Admin)
-            }
+            P::VolumeRead
+            | P::SpaceRead
+            | P::AuditRead
+            | P::UserRead
+            | P::PartnerRead
+            | P::ReplicationRead => matches!(self, R::Admin | R::Operator),
+            // Pairing lets another site in: configuration, like users. So
+            // is what replicates where, and which site takes the writes.
+            P::VolumeWrite
+            | P::GroupWrite
+            | P::UserWrite
+            | P::PartnerWrite
+            | P::ReplicationWrite
+            | P::Failover => matches!(self, R::Admin),
             // Exporting a disk opens it to NBD clients: an operator's task,
-            // like clone and sync, not self-service.
-            P::SnapshotDelete | P::Clone | P::Sync | P::ExportWrite => {
-                matches!(self, R::Admin | R::Operator)
-            }
+            // like clone and sync, not self-service. So are the disaster
+            // recovery drill (a failover test) and holding or hurrying a
+            // replication's cycles.
+            P::SnapshotDelete
+            | P::Clone
+            | P::Sync
+            | P::ExportWrite
+            | P::ReplicationRun
+            | P::FailoverTest => matches!(self, R::Admin | R::Operator),
             // A scoped user reads and cancels only jobs on groups it sees
             // (the job routes check), and sees only the exports of volumes
             // and snapshots of those groups (the export routes check), as it

@@ -260,10 +260,8 @@ fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
     assert!(hello(&a, &b).is_err());
 }
 
-#[test]
-fn only_admins_name_the_site_and_pair_operators_look_users_see_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&dir.path().join("a"));
+/// Makes operator `olga` and scoped user `uma` (granted `t=v`); their tokens.
+fn operator_and_user(d: &Daemon) -> (String, String) {
     d.ferry(&["user", "create", "olga", "--role", "operator"])
         .ok();
     d.ferry(&["user", "create", "uma", "--role", "user", "--grant", "t=v"])
@@ -274,7 +272,14 @@ fn only_admins_name_the_site_and_pair_operators_look_users_see_nothing() {
             .unwrap()
             .to_owned()
     };
-    let (olga, uma) = (token_of("olga"), token_of("uma"));
+    (token_of("olga"), token_of("uma"))
+}
+
+#[test]
+fn only_admins_name_the_site_and_pair_operators_look_users_see_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("a"));
+    let (olga, uma) = operator_and_user(&d);
     d.ferry_as(&olga, &["site", "show"]).ok();
     d.ferry_as(&olga, &["partner", "list"]).ok();
     d.ferry_as(&olga, &["partner", "token"]).code(5);
@@ -298,6 +303,66 @@ fn only_admins_name_the_site_and_pair_operators_look_users_see_nothing() {
     let plan = d.json(&["--dry-run", "partner", "token"]);
     assert_eq!(plan["action"], "partner.token");
     assert!(plan.get("token").is_none());
+}
+
+/// Replication's privileges: operators look, run the disaster-recovery
+/// drill (a failover test) and hold or hurry cycles; what replicates where,
+/// reversing and failing over are an admin's; scoped users see none of it.
+/// A group that does not exist tells them apart: a role that may gets 404
+/// (exit 3) from the handler, one that may not gets 403 (exit 5) first.
+#[test]
+fn operators_drill_and_hold_replications_admins_configure_and_fail_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("a"));
+    let (olga, uma) = operator_and_user(&d);
+    let operator_may: &[&[&str]] = &[
+        &["replication", "status", "nosuch"],
+        &["recovery-point", "list", "nosuch"],
+        &["failover", "test", "nosuch"],
+        &["failover", "test", "nosuch", "--cleanup"],
+        &["replication", "pause", "nosuch"],
+        &["replication", "resume", "nosuch"],
+        &["replication", "run", "nosuch"],
+    ];
+    let admin_only: &[&[&str]] = &[
+        &["replication", "enable", "nosuch", "--partner", "x"],
+        &["replication", "disable", "nosuch"],
+        &["replication", "reverse", "nosuch"],
+        &["failover", "planned", "nosuch"],
+        &["failover", "unplanned", "nosuch"],
+    ];
+    d.ferry_as(&olga, &["replication", "status"]).ok();
+    for args in operator_may {
+        d.ferry_as(&olga, args).code(3);
+        d.ferry_as(&uma, args).code(5);
+    }
+    for args in admin_only {
+        d.ferry_as(&olga, args).code(5);
+        d.ferry_as(&uma, args).code(5);
+        d.ferry(args).code(3);
+    }
+    d.ferry_as(&uma, &["replication", "status"]).code(5);
+    let audit = d.json(&["audit", "list"]);
+    let denied: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == 403 && r["actor"] == "olga")
+        .map(|r| r["action"].as_str().unwrap().to_owned())
+        .collect();
+    for action in [
+        "replication.enable",
+        "replication.disable",
+        "replication.reverse",
+        "failover.planned",
+        "failover.unplanned",
+    ] {
+        assert!(denied.iter().any(|a| a == action), "{action}: {denied:?}");
+    }
+    assert!(
+        !denied.iter().any(|a| a.starts_with("failover.test")),
+        "{denied:?}"
+    );
 }
 
 /// `ferryd ARGS...` that must refuse to start: its exit code and stderr.

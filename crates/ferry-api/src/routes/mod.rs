@@ -590,7 +590,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/replications",
             "replication.enable",
-            P::PartnerWrite,
+            P::ReplicationWrite,
             "Replicate a group to a partner; the first cycle is the initial copy",
             replication::enable,
         )
@@ -601,7 +601,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::GET,
             "/v1/replications",
             "replication.list",
-            P::PartnerRead,
+            P::ReplicationRead,
             "List replications with their state, health, lag and figures",
             replication::list,
         )
@@ -610,7 +610,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::GET,
             "/v1/replications/{group}",
             "replication.get",
-            P::PartnerRead,
+            P::ReplicationRead,
             "Show a group's replication: state, health, lag and figures",
             replication::get,
         )
@@ -619,7 +619,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/replications/{group}/pause",
             "replication.pause",
-            P::PartnerWrite,
+            P::ReplicationRun,
             "Pause a replication (no cycle starts until resumed)",
             replication::pause,
         )
@@ -629,7 +629,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/replications/{group}/resume",
             "replication.resume",
-            P::PartnerWrite,
+            P::ReplicationRun,
             "Resume a paused replication",
             replication::resume,
         )
@@ -639,7 +639,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/replications/{group}/run",
             "replication.run",
-            P::PartnerWrite,
+            P::ReplicationRun,
             "Start a cycle now instead of at the next interval",
             replication::run_now,
         )
@@ -649,7 +649,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::DELETE,
             "/v1/replications/{group}",
             "replication.disable",
-            P::PartnerWrite,
+            P::ReplicationWrite,
             "Stop replicating a group",
             replication::disable,
         )
@@ -659,7 +659,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/replications/{group}/reverse",
             "replication.reverse",
-            P::PartnerWrite,
+            P::ReplicationWrite,
             "After a failover here: make the old primary the replica, sending only what changed since the common point",
             replication::reverse,
         )
@@ -669,7 +669,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/replications/{group}/seed-export",
             "replication.seed_export",
-            P::PartnerWrite,
+            P::ReplicationWrite,
             "Write a group's initial copy into a file on the daemon's machine, to carry to the replica",
             replication::seed_export,
         )
@@ -680,7 +680,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/replications/{group}/seed-import",
             "replication.seed_import",
-            P::PartnerWrite,
+            P::ReplicationWrite,
             "Apply a seed file (on the daemon's machine) as a replica group's first recovery point",
             replication::seed_import,
         )
@@ -691,7 +691,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/failover/{group}/test",
             "failover.test",
-            P::PartnerWrite,
+            P::FailoverTest,
             "Clone a recovery point into a throw-away group with read-write exports; replication goes on",
             replication::failover_test,
         )
@@ -702,7 +702,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::DELETE,
             "/v1/failover/{group}/test",
             "failover.test_cleanup",
-            P::PartnerWrite,
+            P::FailoverTest,
             "Remove a failover test's group, volumes and exports",
             replication::failover_test_cleanup,
         )
@@ -712,7 +712,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/failover/{group}/unplanned",
             "failover.unplanned",
-            P::PartnerWrite,
+            P::Failover,
             "The primary is gone: run a replica group from a recovery point and take writes",
             replication::failover_unplanned,
         )
@@ -723,7 +723,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::POST,
             "/v1/failover/{group}/planned",
             "failover.planned",
-            P::PartnerWrite,
+            P::Failover,
             "At the source: stop writes, ship the last changes, hand over to the replica, become its replica",
             replication::failover_planned,
         )
@@ -733,7 +733,7 @@ pub fn table() -> Vec<RouteInfo> {
             M::GET,
             "/v1/groups/{group}/recovery-points",
             "recovery_point.list",
-            P::PartnerRead,
+            P::ReplicationRead,
             "List a replica group's recovery points, oldest first",
             replication::recovery_points,
         )
