@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # --- system packages the tests drive (real clients, no mocks) ---
 packages=()
 need() { command -v "$1" >/dev/null 2>&1 || packages+=("$2"); }
-# the NBD interop suite (crates/ferry/tests/nbd_*.rs, against ferryd) drives these real clients
+# the NBD interop suite (crates/ferry/tests/nbd_*.rs, against ferryd; nbdsh also in crates/ferry-nbd/tests) drives these real clients
 need qemu-img qemu-utils
 need qemu-io qemu-utils
 need qemu-storage-daemon qemu-utils

@@ -86,6 +86,8 @@ struct Mount {
 impl Mount {
     fn new(image: &Path, dir: &Path, read_only: bool) -> Mount {
         std::fs::create_dir_all(dir).unwrap();
+        // As the kernel lists it in /proc/self/mounts (no symlinks).
+        let dir = &dir.canonicalize().unwrap();
         let log = dir.with_extension("fuse2fs.log");
         let mut args = vec![image.to_str().unwrap(), dir.to_str().unwrap(), "-f"];
         if read_only {
@@ -113,6 +115,7 @@ impl Mount {
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("fuse2fs did not mount {}", dir.display());
     }
 
@@ -130,12 +133,15 @@ fn mounted(dir: &Path) -> bool {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let status = Command::new("umount").arg(&self.dir).status().unwrap();
-        assert!(status.success(), "umount {}", self.dir.display());
-        let status = self.child.wait().unwrap();
+        let unmounted = Command::new("umount").arg(&self.dir).status().unwrap();
+        if !unmounted.success() {
+            let _ = self.child.kill();
+        }
+        let ended = self.child.wait().unwrap();
+        assert!(unmounted.success(), "umount {}", self.dir.display());
         assert!(
-            status.success(),
-            "fuse2fs on {} ended with {status}",
+            ended.success(),
+            "fuse2fs on {} ended with {ended}",
             self.dir.display()
         );
     }

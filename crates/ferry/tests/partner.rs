@@ -328,6 +328,24 @@ fn operators_drill_and_hold_replications_admins_configure_and_fail_over() {
         &["replication", "enable", "nosuch", "--partner", "x"],
         &["replication", "disable", "nosuch"],
         &["replication", "reverse", "nosuch"],
+        &[
+            "replication",
+            "seed",
+            "export",
+            "nosuch",
+            "--file",
+            "/tmp/ferry-no-such-seed",
+        ],
+        &[
+            "replication",
+            "seed",
+            "import",
+            "nosuch",
+            "--file",
+            "/tmp/ferry-no-such-seed",
+            "--partner",
+            "x",
+        ],
         &["failover", "planned", "nosuch"],
         &["failover", "unplanned", "nosuch"],
     ];
@@ -342,6 +360,18 @@ fn operators_drill_and_hold_replications_admins_configure_and_fail_over() {
         d.ferry(args).code(3);
     }
     d.ferry_as(&uma, &["replication", "status"]).code(5);
+    // A group that is only named like a failover test's is not one: the
+    // cleanup, an operator's, answers 404 and leaves it (and its volume).
+    for (v, g) in [("x-disk", "x"), ("x-test-system", "x-test")] {
+        d.ferry(&["volume", "create", v, "--size", "1M"]).ok();
+        d.ferry(&["group", "create", g, "--slot", &format!("system={v}")])
+            .ok();
+    }
+    d.ferry_as(&olga, &["failover", "test", "x", "--cleanup"])
+        .code(3);
+    d.ferry(&["failover", "test", "x", "--cleanup"]).code(3);
+    d.ferry(&["group", "show", "x-test"]).ok();
+    d.ferry(&["volume", "show", "x-test-system"]).ok();
     let audit = d.json(&["audit", "list"]);
     let denied: Vec<_> = audit
         .as_array()
@@ -354,6 +384,8 @@ fn operators_drill_and_hold_replications_admins_configure_and_fail_over() {
         "replication.enable",
         "replication.disable",
         "replication.reverse",
+        "replication.seed_export",
+        "replication.seed_import",
         "failover.planned",
         "failover.unplanned",
     ] {

@@ -1,8 +1,11 @@
 //! A real NBD server over a real store, in the test's own process, for the
-//! checks that reach inside: storage that loses what was not synced, or
-//! that holds reads at a gate. Exports are a plain map here (the daemon's
-//! come from the catalog). The interop suites, real clients against the
-//! real daemon, are crates/ferry/tests/nbd_*.rs.
+//! checks that reach inside or drive the protocol by hand: storage that
+//! loses what was not synced (`libnbd.rs`), or that holds reads at a gate,
+//! malformed handshakes and requests, clients vanishing (`robust.rs`), and
+//! descriptors and threads across many connections (`leaks.rs`). Exports
+//! are a plain map here (the daemon's come from the catalog). The interop
+//! suites, real clients against the real daemon, are
+//! crates/ferry/tests/nbd_*.rs.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;

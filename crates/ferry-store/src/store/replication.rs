@@ -1124,12 +1124,34 @@ impl Store {
                     })?,
             }
         };
-        self.clone_group(group, &name, &failover_test_group(group))
+        let test = failover_test_group(group);
+        self.clone_group(group, &name, &test)?;
+        // Marked as this replica's test, so that its cleanup (an operator's
+        // task) removes only what a failover test made. A crash between
+        // the clone and the mark leaves a group an admin deletes by hand.
+        let mut cat = self.catalog();
+        let mut rec = self.group_rec(&cat.state, &test)?;
+        rec.tags.insert(FAILOVER_TEST_TAG.into(), group.into());
+        cat.commit(vec![Change::PutGroup(rec.clone())])?;
+        Ok(super::group_info(&cat.state, &rec))
     }
 
-    /// Removes a failover test's group, its volumes and their exports.
+    /// Removes a failover test's group, its volumes and their exports: only
+    /// a group [`failover_test`](Self::failover_test) made of this replica
+    /// group (any other group of that name is "not found" here).
     pub fn failover_test_cleanup(&self, group: &str) -> Result<()> {
         let test = failover_test_group(group);
+        {
+            let cat = self.catalog();
+            let g = self.group_rec(&cat.state, group)?;
+            Self::replication_of(&cat.state, &g)
+                .filter(|r| r.role == ReplicationRole::Replica)
+                .ok_or_else(|| StoreError::not_found("replica group", group))?;
+            cat.state
+                .group_by_name(&test)
+                .filter(|t| t.tags.get(FAILOVER_TEST_TAG).map(String::as_str) == Some(group))
+                .ok_or_else(|| StoreError::not_found("failover test of", group))?;
+        }
         let g = self.group(&test)?;
         let vols: Vec<String> = g.slots.values().cloned().collect();
         for e in self.list_exports() {
@@ -1144,6 +1166,9 @@ impl Store {
         Ok(())
     }
 }
+
+/// On a failover test's group: the replica group it was made of.
+pub const FAILOVER_TEST_TAG: &str = "ferry.failover-test-of";
 
 /// The name of a failover test's group.
 pub fn failover_test_group(group: &str) -> String {
