@@ -930,6 +930,17 @@ impl Store {
     /// Clones a group snapshot into a new group whose volumes are named
     /// `NEWGROUP-SLOT`. Costs the same for any volume size.
     pub fn clone_group(&self, group: &str, snapshot: &str, new_group: &str) -> Result<GroupInfo> {
+        self.clone_group_tagged(group, snapshot, new_group, BTreeMap::new())
+    }
+
+    /// [`clone_group`](Self::clone_group), the new group carrying `tags`.
+    pub(crate) fn clone_group_tagged(
+        &self,
+        group: &str,
+        snapshot: &str,
+        new_group: &str,
+        tags: BTreeMap<String, String>,
+    ) -> Result<GroupInfo> {
         validate_name("group", new_group)?;
         let mut cat = self.catalog();
         let rec = self.snapshot_rec(&cat.state, Target::Group(group), snapshot)?;
@@ -971,7 +982,7 @@ impl Store {
             id: GroupId(cat.alloc_id()),
             name: new_group.to_owned(),
             slots,
-            tags: BTreeMap::new(),
+            tags,
             created: now(),
             hooks: None,
         };

@@ -240,6 +240,19 @@ impl Store {
             .cloned()
     }
 
+    /// `group`, which must be a replica group, and its replication.
+    fn replica_group(
+        &self,
+        state: &crate::catalog::CatalogState,
+        group: &str,
+    ) -> Result<(GroupRec, ReplicationRec)> {
+        let g = self.group_rec(state, group)?;
+        let r = Self::replication_of(state, &g)
+            .filter(|r| r.role == ReplicationRole::Replica)
+            .ok_or_else(|| StoreError::not_found("replica group", group))?;
+        Ok((g, r))
+    }
+
     /// Starts replicating `group` to `partner`; the first cycle is the
     /// initial copy. With `paused` no cycle starts until it is resumed.
     pub fn enable_replication(
@@ -826,10 +839,7 @@ impl Store {
     /// The recovery points of a replica group, oldest first.
     pub fn recovery_points(&self, group: &str) -> Result<Vec<RecoveryPoint>> {
         let cat = self.catalog();
-        let g = self.group_rec(&cat.state, group)?;
-        let r = Self::replication_of(&cat.state, &g)
-            .filter(|r| r.role == ReplicationRole::Replica)
-            .ok_or_else(|| StoreError::not_found("replica group", group))?;
+        let (g, r) = self.replica_group(&cat.state, group)?;
         let mut out: Vec<RecoveryPoint> = cat
             .state
             .snapshots_of(OwnerId::Group(g.id))
@@ -938,10 +948,7 @@ impl Store {
     pub fn promote_replica(&self, group: &str, point: Option<&str>) -> Result<Promotion> {
         let out = {
             let mut cat = self.catalog();
-            let g = self.group_rec(&cat.state, group)?;
-            let r = Self::replication_of(&cat.state, &g)
-                .filter(|r| r.role == ReplicationRole::Replica)
-                .ok_or_else(|| StoreError::not_found("replica group", group))?;
+            let (g, r) = self.replica_group(&cat.state, group)?;
             let snap = match point {
                 Some(name) => cat
                     .state
@@ -1100,10 +1107,7 @@ impl Store {
     pub fn failover_test(&self, group: &str, point: Option<&str>) -> Result<super::GroupInfo> {
         let name = {
             let cat = self.catalog();
-            let g = self.group_rec(&cat.state, group)?;
-            let r = Self::replication_of(&cat.state, &g)
-                .filter(|r| r.role == ReplicationRole::Replica)
-                .ok_or_else(|| StoreError::not_found("replica group", group))?;
+            let (g, r) = self.replica_group(&cat.state, group)?;
             match point {
                 Some(p) => {
                     let s = cat
@@ -1124,16 +1128,11 @@ impl Store {
                     })?,
             }
         };
-        let test = failover_test_group(group);
-        self.clone_group(group, &name, &test)?;
-        // Marked as this replica's test, so that its cleanup (an operator's
-        // task) removes only what a failover test made. A crash between
-        // the clone and the mark leaves a group an admin deletes by hand.
-        let mut cat = self.catalog();
-        let mut rec = self.group_rec(&cat.state, &test)?;
-        rec.tags.insert(FAILOVER_TEST_TAG.into(), group.into());
-        cat.commit(vec![Change::PutGroup(rec.clone())])?;
-        Ok(super::group_info(&cat.state, &rec))
+        // Marked as this replica's test, in the clone's own transaction,
+        // so that its cleanup (an operator's task) removes only what a
+        // failover test made.
+        let mark = BTreeMap::from([(FAILOVER_TEST_TAG.to_owned(), group.to_owned())]);
+        self.clone_group_tagged(group, &name, &failover_test_group(group), mark)
     }
 
     /// Removes a failover test's group, its volumes and their exports: only
@@ -1143,10 +1142,7 @@ impl Store {
         let test = failover_test_group(group);
         {
             let cat = self.catalog();
-            let g = self.group_rec(&cat.state, group)?;
-            Self::replication_of(&cat.state, &g)
-                .filter(|r| r.role == ReplicationRole::Replica)
-                .ok_or_else(|| StoreError::not_found("replica group", group))?;
+            self.replica_group(&cat.state, group)?;
             cat.state
                 .group_by_name(&test)
                 .filter(|t| t.tags.get(FAILOVER_TEST_TAG).map(String::as_str) == Some(group))
