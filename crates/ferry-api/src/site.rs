@@ -115,6 +115,10 @@ pub struct PlannedFailover {
 /// the daemon; gone at restart).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ReplicationStats {
+    /// A cycle is due but waits for one of the site's cycle slots
+    /// (`ferryd --replication-cycles`, `--replication-initial-copies`).
+    #[serde(default)]
+    pub queued: bool,
     /// A cycle is being sent now.
     pub running: bool,
     /// The cycle being sent is the initial copy.

@@ -884,3 +884,109 @@ fn retention_keeps_the_last_points_and_gives_the_others_space_back() {
         usage.1 >> 10
     );
 }
+
+#[test]
+fn initial_copies_beyond_the_sites_limit_wait_queued_for_a_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    // bad limits stop ferryd at start, with what is wrong
+    for (args, needle) in [
+        (&["--replication-cycles", "0"][..], "--replication-cycles"),
+        (
+            &["--replication-initial-copies", "300"][..],
+            "--replication-initial-copies",
+        ),
+        (
+            &[
+                "--replication-cycles",
+                "2",
+                "--replication-initial-copies",
+                "3",
+            ][..],
+            "cannot be more than replication_cycles (2)",
+        ),
+    ] {
+        let out = Command::new(common::ferryd_bin())
+            .arg("--data")
+            .arg(dir.path().join("never"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(if needle.starts_with("--") { 2 } else { 1 }),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let config = dir.path().join("ferryd.toml");
+    std::fs::write(&config, "replication_initial_copies = 9\n").unwrap();
+    let out = Command::new(common::ferryd_bin())
+        .arg("--data")
+        .arg(dir.path().join("never"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(
+                "replication_initial_copies (9) cannot be more than replication_cycles (4)"
+            ),
+        "{err}"
+    );
+    assert!(!dir.path().join("never").exists());
+
+    // one initial copy at a time: two groups of 3 MiB, each sent at 1 MB/s
+    std::fs::write(&config, "replication_initial_copies = 1\n").unwrap();
+    let a = Daemon::start_with(
+        &dir.path().join("a"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    for g in ["g1", "g2"] {
+        let v = format!("{g}-disk");
+        a.ferry(&["volume", "create", &v, "--size", "8M"]).ok();
+        a.ferry(&["group", "create", g, "--slot", &format!("system={v}")])
+            .ok();
+        a.ferry(&["export", "add", &v, "--volume", &v]).ok();
+        qemu_io(&format!("nbd://{}/{v}", a.nbd), &["write -P 0x5a 0 3M"]);
+    }
+    for g in ["g1", "g2"] {
+        a.ferry(&[
+            "replication",
+            "enable",
+            g,
+            "--partner",
+            "site-b",
+            "--interval",
+            "1h",
+            "--bandwidth",
+            "1MB",
+            "--compression",
+            "off",
+        ])
+        .ok();
+    }
+    let (mut most_at_once, mut queued_seen) = (0, false);
+    wait_for("both initial copies", || {
+        let all = a.json(&["replication", "status"]);
+        let all = all.as_array().unwrap();
+        let sending = all
+            .iter()
+            .filter(|s| s["stats"]["running"] == true && s["stats"]["initial_copy"] == true)
+            .count();
+        most_at_once = most_at_once.max(sending);
+        if sending == 1 && all.iter().any(|s| s["state"] == "queued") {
+            queued_seen = true;
+        }
+        all.iter().all(|s| s["last_point"].is_string())
+    });
+    assert_eq!(most_at_once, 1, "two initial copies ran at once");
+    assert!(queued_seen, "the second group was never seen queued");
+    for g in ["g1", "g2"] {
+        same(&a, &b, g, "repl-1", "system");
+    }
+}

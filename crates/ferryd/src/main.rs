@@ -39,10 +39,10 @@ use std::time::Duration;
 
 /// How long a stop waits for running jobs to reach a safe point.
 const JOB_STOP_PATIENCE: Duration = Duration::from_secs(10);
-/// Replication cycles sent at once.
-const REPLICATION_PARALLEL: usize = 4;
-/// Of which initial copies.
-const REPLICATION_INITIAL: usize = 2;
+/// Replication cycles sent at once, by default.
+const REPLICATION_CYCLES: u16 = 4;
+/// Of which initial copies, by default (never more than the cycles).
+const REPLICATION_INITIAL_COPIES: u16 = 2;
 
 /// The ferry daemon.
 #[derive(Parser, Debug)]
@@ -78,6 +78,15 @@ struct Args {
     /// an unspecified IP)
     #[arg(long, value_name = "HOST:PORT", value_parser = partner::parse_advertised)]
     partner_advertise: Option<String>,
+    /// Replication cycles this site sends at once; further due cycles wait
+    /// for one to end, shown as "queued" (default 4)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    replication_cycles: Option<u16>,
+    /// Of those, initial copies (and resyncs of a group with no recovery
+    /// point yet), which read whole disks (default 2, at most
+    /// --replication-cycles)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    replication_initial_copies: Option<u16>,
     /// Serve HTTPS on a loopback API address too (any other address always serves HTTPS)
     #[arg(long)]
     tls: bool,
@@ -86,7 +95,8 @@ struct Args {
     #[arg(long = "tls-name", value_name = "NAME")]
     tls_names: Vec<String>,
     /// TOML file with any of the keys data, api, nbd, nbd_unix, nbd_tls, nbd_workers,
-    /// partner_listen, partner_advertise, tls, tls_names
+    /// partner_listen, partner_advertise, replication_cycles,
+    /// replication_initial_copies, tls, tls_names
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -102,6 +112,8 @@ struct Config {
     nbd_workers: Option<u16>,
     partner_listen: Option<SocketAddr>,
     partner_advertise: Option<String>,
+    replication_cycles: Option<u16>,
+    replication_initial_copies: Option<u16>,
     tls: Option<bool>,
     tls_names: Option<Vec<String>>,
 }
@@ -125,10 +137,34 @@ struct NbdOptions {
     workers: usize,
 }
 
-/// Where partners connect, and the address they are told.
+/// Where partners connect, the address they are told, and how many
+/// replication cycles run at once.
 struct PartnerOptions {
     listen: SocketAddr,
     advertise: Option<String>,
+    cycles: usize,
+    initial_copies: usize,
+}
+
+/// The scheduler's limits from the flags or the config file: `(cycles,
+/// initial copies)`. Initial copies default to at most the cycles, and
+/// asking for more of them than cycles is an error.
+fn replication_limits(cycles: Option<u16>, initial: Option<u16>) -> Result<(usize, usize)> {
+    let cycles = cycles.unwrap_or(REPLICATION_CYCLES);
+    if !(1..=256).contains(&cycles) {
+        anyhow::bail!("replication_cycles must be between 1 and 256, not {cycles}");
+    }
+    let initial = match initial {
+        Some(n) if !(1..=256).contains(&n) => {
+            anyhow::bail!("replication_initial_copies must be between 1 and 256, not {n}")
+        }
+        Some(n) if n > cycles => anyhow::bail!(
+            "replication_initial_copies ({n}) cannot be more than replication_cycles ({cycles}): initial copies are cycles too"
+        ),
+        Some(n) => n,
+        None => REPLICATION_INITIAL_COPIES.min(cycles),
+    };
+    Ok((usize::from(cycles), usize::from(initial)))
 }
 
 fn main() -> Result<()> {
@@ -187,9 +223,16 @@ fn main() -> Result<()> {
         ),
         (None, None) => None,
     };
+    let (cycles, initial_copies) = replication_limits(
+        args.replication_cycles.or(config.replication_cycles),
+        args.replication_initial_copies
+            .or(config.replication_initial_copies),
+    )?;
     let peers = PartnerOptions {
         listen: partner_listen,
         advertise: partner_advertise,
+        cycles,
+        initial_copies,
     };
     // Plain HTTP never leaves the machine: only a loopback address may skip TLS.
     let https = args.tls || config.tls.unwrap_or(false) || !api.ip().is_loopback();
@@ -342,7 +385,7 @@ async fn run(
                 collector.clone(),
             );
             link.set_replicator(&replicator);
-            tokio::spawn(replicator.run(REPLICATION_PARALLEL, REPLICATION_INITIAL));
+            tokio::spawn(replicator.run(peers.cycles, peers.initial_copies));
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(partner::server_config(&material, &store)?);
             Some((

@@ -532,10 +532,10 @@ impl Replicator {
         self.wake.notify_one();
     }
 
-    /// Runs due cycles until the process ends; at most `parallel` at once.
     /// Runs due cycles until the process ends: at most `parallel` at once,
     /// of which at most `initial` initial copies (or resyncs of a group
-    /// with no point yet).
+    /// with no point yet). A due cycle without a free slot is `queued` in
+    /// its figures until it gets one.
     pub async fn run(self: Arc<Self>, parallel: usize, initial: usize) {
         let running: Arc<Mutex<std::collections::HashSet<String>>> = Arc::default();
         let slots = Arc::new(tokio::sync::Semaphore::new(parallel.max(1)));
@@ -573,17 +573,24 @@ impl Replicator {
                 let slots = slots.clone();
                 let initial_slots = initial_slots.clone();
                 tokio::spawn(async move {
+                    me.set_queued(&r.group, true);
                     let _first = if r.last_point.is_none() {
                         initial_slots.acquire_owned().await.ok()
                     } else {
                         None
                     };
                     let _permit = slots.acquire_owned().await;
+                    me.set_queued(&r.group, false);
                     me.cycle(&r).await;
                     running.lock().remove(&r.group);
                 });
             }
         }
+    }
+
+    fn set_queued(&self, group: &str, queued: bool) {
+        let mut f = self.figures.lock();
+        f.entry(group.to_owned()).or_default().stats.queued = queued;
     }
 
     /// Whether a cycle of `r` should start now.

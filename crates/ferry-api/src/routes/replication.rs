@@ -71,7 +71,8 @@ pub struct EnableReplication {
 pub struct ReplicationStatus {
     #[serde(flatten)]
     info: ReplicationInfo,
-    /// initial copy, replicating, idle, paused, failing, replica.
+    /// initial copy, scheduled, replicating, queued (due, waiting for one of
+    /// the site's cycle slots), idle, paused, failing, resyncing, replica.
     state: String,
     /// normal, warning or critical (a replica: normal).
     health: String,
@@ -174,6 +175,7 @@ fn status(st: &AppState, info: ReplicationInfo) -> ReplicationStatus {
                 "scheduled".into()
             }
             Some(s) if s.running => "replicating".into(),
+            Some(s) if s.queued => "queued".into(),
             Some(s) if s.last_error.is_some() => "failing".into(),
             _ if info.last_point.is_none() => "initial copy".into(),
             _ => "idle".into(),
