@@ -60,6 +60,13 @@ pub trait SiteLink: Send + Sync + fmt::Debug {
         &'a self,
         partner: &'a ferry_store::PartnerInfo,
     ) -> BoxFuture<'a, ApiResult<PartnerHello>>;
+    /// Asks `partner` (over mutual TLS, `POST /partner/v1/unpair`) to
+    /// forget this site: after this site unpaired it, or could not record
+    /// it at the end of a pairing it had already accepted.
+    fn ask_to_forget<'a>(
+        &'a self,
+        partner: &'a ferry_store::PartnerInfo,
+    ) -> BoxFuture<'a, ApiResult<()>>;
     /// What the replication sender measured for `group`, if it ran.
     fn replication_stats(&self, _group: &str) -> Option<ReplicationStats> {
         None

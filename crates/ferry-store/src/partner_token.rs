@@ -93,6 +93,18 @@ pub fn address_ok(a: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && !matches!(c, b'/' | b'@' | b'?' | b'#'))
 }
 
+/// Checks an address a site is told to reach a partner at: [`address_ok`]
+/// and, for an IPv6 address, brackets around it.
+pub fn check_address(s: &str) -> Result<(), String> {
+    let bracketed = |host: &str| host.starts_with('[') && host.ends_with(']');
+    match s.rsplit_once(':') {
+        Some((host, _)) if address_ok(s) && (!host.contains(':') || bracketed(host)) => Ok(()),
+        _ => Err(format!(
+            "{s:?} is not HOST:PORT (a host name or IP address, an IPv6 address in brackets, and a port from 1 to 65535)"
+        )),
+    }
+}
+
 impl PartnerToken {
     /// The text form. The address must pass [`address_ok`].
     pub fn encode(&self) -> String {

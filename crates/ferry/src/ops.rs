@@ -50,6 +50,7 @@ pub const OPERATIONS: &[(&str, &str)] = &[
     ("partner hello", "partner.hello"),
     ("partner unpair", "partner.unpair"),
     ("partner limit", "partner.set_limits"),
+    ("partner address", "partner.set_address"),
     ("replication enable", "replication.enable"),
     ("replication status", "replication.list"),
     ("replication measure", "replication.get"),

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::client::Client;
 use crate::output::{print_list, print_object};
-use crate::{Format, output, seg};
+use crate::{Format, seg};
 
 #[derive(Subcommand, Debug)]
 pub enum SiteCmd {
@@ -45,8 +45,21 @@ pub enum PartnerCmd {
     Show { name: String },
     /// Call a partner over mutual TLS and show how it knows this site
     Hello { name: String },
-    /// Unpair a partner: its connections are refused from the next handshake
+    /// Unpair a partner (refused while a group replicates with it): its
+    /// connections are refused from the next handshake, and it is asked to
+    /// forget this site too
     Unpair { name: String },
+    /// Record where a partner's listener is now, after the site moved
+    /// (its CA and name stay); checked by calling the partner there first
+    Address {
+        name: String,
+        /// HOST:PORT (an IPv6 address in brackets)
+        #[arg(value_name = "HOST:PORT")]
+        address: String,
+        /// Record it without calling the partner (it is down, or not there yet)
+        #[arg(long)]
+        no_check: bool,
+    },
     /// Cap the bandwidth of all replication to a partner
     Limit {
         name: String,
@@ -154,10 +167,35 @@ pub async fn run(client: &Client, out: Format, cmd: PartnerCmd) -> Result<()> {
             print_object(out, &v, &["name", "address", "bandwidth"]);
         }
         PartnerCmd::Unpair { name } => {
-            client
+            let v = client
                 .delete(&format!("/v1/partners/{}", seg(&name)?))
                 .await?;
-            output::done(out, &format!("unpaired {name}"));
+            match out {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Format::Table if v["told"] == true => {
+                    println!("unpaired {name}; {name} forgot this site too");
+                }
+                Format::Table => {
+                    println!("unpaired {name} here");
+                    eprintln!(
+                        "warning: {name} was not told ({}); it still lists this site until its admin runs `ferry partner unpair` there",
+                        v["not_told"].as_str().unwrap_or("no reason given")
+                    );
+                }
+            }
+        }
+        PartnerCmd::Address {
+            name,
+            address,
+            no_check,
+        } => {
+            let v = client
+                .put(
+                    &format!("/v1/partners/{}/address", seg(&name)?),
+                    &json!({ "address": address, "check": !no_check }),
+                )
+                .await?;
+            print_object(out, &v, &COLUMNS);
         }
     }
     Ok(())

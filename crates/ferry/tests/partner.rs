@@ -247,17 +247,77 @@ fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
     assert_eq!(b.json(&["partner", "hello", "site-a"])["partner"], "site-b");
     assert!(hello(&b, &a).unwrap().contains(r#""partner":"site-b""#));
 
-    // unpairing shuts B out of A from the next handshake
-    a.ferry(&["partner", "unpair", "site-b"]).ok();
-    assert!(names(&a).is_empty());
-    assert!(hello(&b, &a).is_err());
+    // A moves (another port): B is told where it is now, checked by a call
+    let mut a = a;
+    assert!(a.terminate().0.success());
+    let a = Daemon::start(&da);
+    assert_ne!(a.partner, pa);
     b.ferry(&["partner", "hello", "site-a"])
         .code(1)
-        .complains("site-a");
-    // B still trusts A until B unpairs too
-    assert!(hello(&a, &b).is_ok());
-    b.ferry(&["partner", "unpair", "site-a"]).ok();
+        .complains(&pa);
+    b.ferry(&["partner", "address", "site-a", "nowhere"])
+        .code(1)
+        .complains("HOST:PORT");
+    // another site's listener there: its CA is not A's, nothing changes
+    b.ferry(&["partner", "address", "site-a", &c.partner])
+        .code(1)
+        .complains("nothing changed");
+    assert_eq!(
+        b.json(&["partner", "show", "site-a"])["address"],
+        pa.as_str()
+    );
+    b.ferry(&["partner", "address", "site-a", "127.0.0.1:1", "--no-check"])
+        .ok();
+    assert_eq!(
+        b.json(&["partner", "show", "site-a"])["address"],
+        "127.0.0.1:1"
+    );
+    let moved = b.json(&["partner", "address", "site-a", &a.partner]);
+    assert_eq!(moved["address"], a.partner.as_str());
+    assert_eq!(b.json(&["partner", "hello", "site-a"])["partner"], "site-b");
+
+    // a pairing whose other site's name is taken here: the other site is
+    // told to forget this one again, and a second try with --name-as works
+    c.ferry(&["site", "init", "--name", "site-a"]).ok();
+    let tc = token(&c, "15m");
+    b.ferry(&["partner", "pair", &tc])
+        .code(4)
+        .complains("site-a was told to forget this site again");
+    assert!(names(&c).is_empty());
+    assert_eq!(names(&b), ["site-a"]);
+    let tc = token(&c, "15m");
+    b.ferry(&["partner", "pair", &tc, "--name-as", "site-c"])
+        .ok();
+    assert_eq!(names(&c), ["site-b"]);
+
+    // unpairing tells the partner, which forgets this site too: from the
+    // next handshake neither accepts the other
+    a.ferry(&["partner", "unpair", "site-b"])
+        .ok()
+        .says("site-b forgot this site too");
+    assert!(names(&a).is_empty());
+    assert_eq!(names(&b), ["site-c"]);
+    assert!(hello(&b, &a).is_err());
     assert!(hello(&a, &b).is_err());
+    b.ferry(&["partner", "hello", "site-a"])
+        .code(3)
+        .complains("site-a");
+    let audit = std::fs::read_to_string(b.data.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("partner.unpaired_by_partner") && audit.contains("site:site-a"),
+        "{audit}"
+    );
+    // a partner that cannot be reached is forgotten here all the same, and
+    // the admin is told that it still lists this site
+    drop(c);
+    let out = b.ferry(&["partner", "unpair", "site-c"]).ok();
+    assert!(
+        out.stdout.contains("unpaired site-c here"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("site-c was not told"), "{}", out.stderr);
+    assert!(names(&b).is_empty());
 }
 
 /// Makes operator `olga` and scoped user `uma` (granted `t=v`); their tokens.

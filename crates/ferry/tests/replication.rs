@@ -990,3 +990,61 @@ fn initial_copies_beyond_the_sites_limit_wait_queued_for_a_slot() {
         same(&a, &b, g, "repl-1", "system");
     }
 }
+
+#[test]
+fn a_partner_is_unpaired_only_once_no_group_replicates_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"));
+    let b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    a.ferry(&["volume", "create", "vm1-disk", "--size", "4M"])
+        .ok();
+    a.ferry(&["group", "create", "vm1", "--slot", "system=vm1-disk"])
+        .ok();
+    a.ferry(&[
+        "replication",
+        "enable",
+        "vm1",
+        "--partner",
+        "site-b",
+        "--interval",
+        "1h",
+    ])
+    .ok();
+    wait_for("the initial copy", || points(&b, "vm1").len() == 1);
+    // refused at the source while vm1 replicates; its plan says so too
+    a.ferry(&["partner", "unpair", "site-b"])
+        .code(4)
+        .complains("vm1 replicate with it");
+    a.ferry(&["--dry-run", "partner", "unpair", "site-b"])
+        .code(4)
+        .complains("vm1 replicate with it");
+    assert_eq!(status(&a, "vm1")["partner"], "site-b");
+    // the source ends it; the replica still holds vm1 as a replica of A,
+    // so it keeps A when A unpairs, and A's admin is told
+    a.ferry(&["replication", "disable", "vm1"]).ok();
+    let out = a.ferry(&["partner", "unpair", "site-b"]).ok();
+    assert!(
+        out.stdout.contains("unpaired site-b here"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains("site-b was not told") && out.stderr.contains("vm1 replicate with it"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        b.json(&["partner", "list"])[0]["name"],
+        "site-a",
+        "the replica forgot its source"
+    );
+    // once the replica ends it too, it can unpair (A no longer answers it)
+    b.ferry(&["replication", "disable", "vm1"]).ok();
+    b.ferry(&["partner", "unpair", "site-a"])
+        .ok()
+        .says("unpaired site-a here");
+    assert_eq!(b.json(&["partner", "list"]), serde_json::json!([]));
+    // the recovery point stays, as a snapshot of a group no longer a replica
+    assert!(snapshots(&b, "vm1").contains(&"repl-1".to_owned()));
+}

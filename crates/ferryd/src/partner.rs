@@ -425,6 +425,23 @@ impl Link {
             .map_err(|e| ApiError::internal(format!("making the HTTPS client: {e}")))
     }
 
+    async fn call_unpair(&self, p: &ferry_store::PartnerInfo) -> ApiResult<()> {
+        let http = self.partner_client(p, Some(PAIR_TIMEOUT))?;
+        let sent = http
+            .post(format!("https://{}/partner/v1/unpair", p.address))
+            .send()
+            .await;
+        let _: Forgotten = partner_json(
+            sent,
+            &format!(
+                "asking partner {} at {} to forget this site",
+                p.name, p.address
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
     async fn call_hello(&self, p: &ferry_store::PartnerInfo) -> ApiResult<PartnerHello> {
         let http = self.partner_client(p, Some(PAIR_TIMEOUT))?;
         let sent = http
@@ -499,6 +516,13 @@ impl SiteLink for Link {
         partner: &'a ferry_store::PartnerInfo,
     ) -> BoxFuture<'a, ApiResult<PartnerHello>> {
         Box::pin(self.call_hello(partner))
+    }
+
+    fn ask_to_forget<'a>(
+        &'a self,
+        partner: &'a ferry_store::PartnerInfo,
+    ) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(self.call_unpair(partner))
     }
 
     fn replication_stats(&self, group: &str) -> Option<ferry_api::site::ReplicationStats> {
@@ -590,6 +614,7 @@ pub fn router(
     Router::new()
         .route("/partner/v1/hello", axum::routing::get(hello))
         .route("/partner/v1/pair", axum::routing::post(pair))
+        .route("/partner/v1/unpair", axum::routing::post(unpaired))
         .route(
             "/partner/v1/replication/{group}",
             axum::routing::get(crate::replication::replica_state),
@@ -657,6 +682,66 @@ async fn hello(
     Json(PartnerHello { partner, site }).into_response()
 }
 
+/// What a partner answers when it forgot the calling site.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Forgotten {
+    /// The caller's name there.
+    forgot: String,
+}
+
+/// A partner unpaired this site (or could not record it after pairing):
+/// forget it too, unless a group still replicates with it.
+async fn unpaired(
+    State(st): State<PartnerState>,
+    peer: Option<Extension<PeerCertificates>>,
+) -> Response {
+    let partner = match caller(&st, peer) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let app = st.app.clone();
+    let name = partner.clone();
+    let outcome = tokio::task::spawn_blocking(move || app.store().remove_partner(&name))
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))
+        .and_then(|r| r.map_err(ApiError::from));
+    let status = outcome
+        .as_ref()
+        .map_or_else(|e| e.status, |()| StatusCode::OK);
+    audit(
+        &st,
+        &partner,
+        "partner.unpaired_by_partner",
+        "unpair",
+        status,
+    );
+    match outcome {
+        Ok(()) => {
+            tracing::info!(partner = %partner, "the partner unpaired this site: forgot it");
+            Json(Forgotten { forgot: partner }).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(partner = %partner, error = %e.message, "the partner unpaired this site, but it is kept here");
+            e.into_response()
+        }
+    }
+}
+
+/// Records what site `name` (empty: unknown) asked the partner listener
+/// to do, as `site:NAME` on `/partner/v1/WHAT/NAME`.
+fn audit(st: &PartnerState, name: &str, action: &str, what: &str, status: StatusCode) {
+    let actor = format!("site:{}", if name.is_empty() { "?" } else { name });
+    if let Err(e) = st.app.audit().append(
+        &actor,
+        action,
+        &format!("/partner/v1/{what}/{name}"),
+        if status.is_success() { "ok" } else { "failed" },
+        status.as_u16(),
+    ) {
+        tracing::error!(error = %e, "appending to the audit log failed");
+    }
+}
+
 fn bad(message: impl Into<String>, field: &str) -> ApiError {
     ApiError::bad_request(message).field(field)
 }
@@ -670,16 +755,7 @@ async fn pair(
         Ok((_, name)) => (StatusCode::OK, name.clone()),
         Err((e, name)) => (e.status, name.clone()),
     };
-    let actor = format!("site:{}", if name.is_empty() { "?" } else { &name });
-    if let Err(e) = st.app.audit().append(
-        &actor,
-        "partner.accept",
-        &format!("/partner/v1/pair/{name}"),
-        if outcome.is_ok() { "ok" } else { "failed" },
-        status.as_u16(),
-    ) {
-        tracing::error!(error = %e, "appending to the audit log failed");
-    }
+    audit(&st, &name, "partner.accept", "pair", status);
     match outcome {
         Ok((reply, name)) => {
             tracing::info!(partner = %name, "paired with a new partner");
@@ -773,15 +849,7 @@ pub fn advertised(bound: std::net::SocketAddr, configured: Option<&str>) -> Stri
 /// Checks an address to advertise (`--partner-advertise`): `HOST:PORT` as
 /// a pairing token carries it, an IPv6 address in brackets.
 pub fn parse_advertised(s: &str) -> Result<String, String> {
-    let bracketed = |host: &str| host.starts_with('[') && host.ends_with(']');
-    match s.rsplit_once(':') {
-        Some((host, _)) if address_ok(s) && (!host.contains(':') || bracketed(host)) => {
-            Ok(s.to_owned())
-        }
-        _ => Err(format!(
-            "{s:?} is not HOST:PORT (a host name or IP address, an IPv6 address in brackets, and a port from 1 to 65535)"
-        )),
-    }
+    ferry_store::partner_token::check_address(s).map(|()| s.to_owned())
 }
 
 /// A valid site name made from the hostname: lowercase, other characters

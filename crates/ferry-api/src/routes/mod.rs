@@ -577,15 +577,26 @@ pub fn table() -> Vec<RouteInfo> {
         .body::<partners::PartnerLimits>()
         .reply::<ferry_store::PartnerInfo>(S::OK),
         route(
+            M::PUT,
+            "/v1/partners/{name}/address",
+            "partner.set_address",
+            P::PartnerWrite,
+            "Record where a partner's listener is now (checked by calling it there unless check is false)",
+            partners::set_address,
+        )
+        .plan(partners::plan_set_address)
+        .body::<partners::PartnerAddress>()
+        .reply::<ferry_store::PartnerInfo>(S::OK),
+        route(
             M::DELETE,
             "/v1/partners/{name}",
             "partner.unpair",
             P::PartnerWrite,
-            "Unpair a partner; its connections are refused from the next handshake",
+            "Unpair a partner (refused while a group replicates with it); its connections are refused from the next handshake, and it is asked to forget this site too",
             partners::unpair,
         )
         .plan(partners::plan_unpair)
-        .no_content(),
+        .reply::<partners::Unpaired>(S::OK),
         route(
             M::POST,
             "/v1/replications",

@@ -264,18 +264,54 @@ pub async fn pair(
             "the site answered with a CA other than the one the token names",
         ));
     }
-    let name = req.name.unwrap_or(answer.name);
-    let address = token.address.clone();
-    blocking(move || {
-        let p = st.store().add_partner(NewPartner {
+    let named = req.name.is_some();
+    let name = req.name.unwrap_or_else(|| answer.name.clone());
+    let other = PartnerInfo {
+        name: answer.name.clone(),
+        address: token.address.clone(),
+        ca_fingerprint: answer.ca_fingerprint.clone(),
+        ca_pem: answer.ca_pem.clone(),
+        paired: 0,
+        bandwidth: None,
+    };
+    let store = st.store().clone();
+    let rec = other.clone();
+    let recorded = blocking(move || {
+        // its own name may be taken here: checked only now that it is known
+        if !named && store.site_name().as_deref() == Some(name.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "in_use",
+                format!("the other site is named {name:?}, this site's own name"),
+            ));
+        }
+        Ok(store.add_partner(NewPartner {
             name: &name,
-            address: &address,
-            ca_fingerprint: &answer.ca_fingerprint,
-            ca_pem: &answer.ca_pem,
-        })?;
-        Ok((StatusCode::CREATED, Json(p)))
+            address: &rec.address,
+            ca_fingerprint: &rec.ca_fingerprint,
+            ca_pem: &rec.ca_pem,
+        })?)
     })
-    .await
+    .await;
+    match recorded {
+        Ok(p) => Ok((StatusCode::CREATED, Json(p))),
+        Err(mut e) => {
+            // The other site has recorded this one already: undo that, so
+            // that a second try (with --name-as) finds both sites clean.
+            let undone = match link.ask_to_forget(&other).await {
+                Ok(()) => format!("{} was told to forget this site again", other.name),
+                Err(u) => format!(
+                    "{} still lists this site and could not be told to forget it ({}); its admin must unpair it there",
+                    other.name, u.message
+                ),
+            };
+            e.message = format!(
+                "{}; pairing not recorded here, {undone}; pair again with a new token and --name-as NAME",
+                e.message
+            );
+            Err(e)
+        }
+    }
 }
 
 pub async fn plan_pair(
@@ -360,12 +396,39 @@ pub async fn hello(
     Ok(Json(link.hello(&p).await?))
 }
 
-pub async fn unpair(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    blocking(move || {
-        st.store().remove_partner(&name)?;
-        Ok(StatusCode::NO_CONTENT)
+/// What an unpairing did.
+#[derive(Serialize, ToSchema)]
+pub struct Unpaired {
+    /// The partner forgotten here.
+    partner: String,
+    /// Whether the partner forgot this site too.
+    told: bool,
+    /// Why it did not (unreachable, or it refused), when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    not_told: Option<String>,
+}
+
+pub async fn unpair(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Unpaired>> {
+    let store = st.store().clone();
+    let p = blocking(move || {
+        let p = store.partner(&name)?;
+        store.remove_partner(&name)?;
+        Ok(p)
     })
-    .await
+    .await?;
+    // Forgotten here whatever the other site says: then it is told.
+    let not_told = match link(&st) {
+        Ok(link) => link.ask_to_forget(&p).await.err().map(|e| e.message),
+        Err(e) => Some(e.message),
+    };
+    Ok(Json(Unpaired {
+        partner: p.name,
+        told: not_told.is_none(),
+        not_told,
+    }))
 }
 
 pub async fn plan_unpair(
@@ -374,10 +437,11 @@ pub async fn plan_unpair(
 ) -> ApiResult<Json<Plan>> {
     blocking(move || {
         let p = st.store().partner(&name)?;
+        st.store().check_partner_unused(&name)?;
         Ok(plan(
             "partner.unpair",
             vec![format!(
-                "forget partner {name} ({}); its connections are refused from the next handshake",
+                "forget partner {name} ({}); its connections are refused from the next handshake; then ask it to forget this site too",
                 p.address
             )],
         ))
@@ -437,6 +501,73 @@ pub async fn plan_set_limits(
                 ),
                 None => format!("remove the bandwidth cap of {name}"),
             }],
+        ))
+    })
+    .await
+}
+
+/// Where a partner's listener is now.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerAddress {
+    /// `HOST:PORT` (an IPv6 address in brackets).
+    #[schema(max_length = 255)]
+    address: String,
+    /// Call the partner there over mutual TLS before recording it (default
+    /// true); false records it unchecked, for a partner that is down.
+    #[serde(default)]
+    check: Option<bool>,
+}
+
+fn check_address(req: &PartnerAddress) -> ApiResult<()> {
+    ferry_store::partner_token::check_address(&req.address)
+        .map_err(|e| ApiError::bad_request(e).field("address"))
+}
+
+pub async fn set_address(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<PartnerAddress>,
+) -> ApiResult<Json<PartnerInfo>> {
+    check_address(&req)?;
+    let store = st.store().clone();
+    let n = name.clone();
+    let mut p = blocking(move || Ok(store.partner(&n)?)).await?;
+    p.address = req.address.clone();
+    if req.check.unwrap_or(true) {
+        // the site answering there must hold the partner's CA and know this site
+        link(&st)?.hello(&p).await.map_err(|e| {
+            let mut e = e;
+            e.message = format!(
+                "{}; nothing changed (--no-check records the address without calling it)",
+                e.message
+            );
+            e
+        })?;
+    }
+    blocking(move || Ok(Json(st.store().set_partner_address(&name, &req.address)?))).await
+}
+
+pub async fn plan_set_address(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<PartnerAddress>,
+) -> ApiResult<Json<Plan>> {
+    check_address(&req)?;
+    blocking(move || {
+        let p = st.store().partner(&name)?;
+        Ok(plan(
+            "partner.set_address",
+            vec![format!(
+                "{}record that partner {name} is reached at {} (was {})",
+                if req.check.unwrap_or(true) {
+                    format!("call {name} at {} over mutual TLS, then ", req.address)
+                } else {
+                    String::new()
+                },
+                req.address,
+                p.address
+            )],
         ))
     })
     .await

@@ -289,17 +289,64 @@ impl Store {
         Ok(info(&r))
     }
 
-    /// Forgets a partner.
+    /// Records where partner `name`'s listener is now (`HOST:PORT`).
+    pub fn set_partner_address(&self, name: &str, address: &str) -> Result<PartnerInfo> {
+        if !crate::partner_token::address_ok(address) {
+            return Err(StoreError::Invalid("a partner address must be HOST:PORT"));
+        }
+        let mut cat = self.catalog();
+        let mut r = cat
+            .state
+            .partners
+            .values()
+            .find(|p| p.name == name)
+            .cloned()
+            .ok_or_else(|| StoreError::not_found("partner", name))?;
+        r.address = address.to_owned();
+        cat.commit(vec![Change::PutPartner(r.clone())])?;
+        Ok(info(&r))
+    }
+
+    /// Forgets a partner. Refused while a group replicates with it (to it
+    /// or from it): those replications would be left without their other
+    /// site.
     pub fn remove_partner(&self, name: &str) -> Result<()> {
         let mut cat = self.catalog();
-        let id = cat
-            .state
+        let id = Self::unused_partner(&cat.state, name)?;
+        cat.commit(vec![Change::DelPartner(id)])
+    }
+
+    /// Refuses as [`Store::remove_partner`] would, without removing.
+    pub fn check_partner_unused(&self, name: &str) -> Result<()> {
+        Self::unused_partner(&self.catalog().state, name).map(drop)
+    }
+
+    /// Partner `name`'s id, when no group replicates with it.
+    fn unused_partner(state: &crate::catalog::CatalogState, name: &str) -> Result<u64> {
+        let id = state
             .partners
             .values()
             .find(|p| p.name == name)
             .map(|p| p.id)
             .ok_or_else(|| StoreError::not_found("partner", name))?;
-        cat.commit(vec![Change::DelPartner(id)])
+        let mut groups: Vec<&str> = state
+            .replications
+            .values()
+            .filter(|r| r.partner == name)
+            .filter_map(|r| state.groups.get(&r.group).map(|g| g.name.as_str()))
+            .collect();
+        if !groups.is_empty() {
+            groups.sort_unstable();
+            return Err(StoreError::InUse {
+                kind: "partner",
+                name: name.to_owned(),
+                reason: format!(
+                    "group(s) {} replicate with it; `ferry replication disable` them first",
+                    groups.join(", ")
+                ),
+            });
+        }
+        Ok(id)
     }
 }
 
