@@ -247,27 +247,43 @@ fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
     assert_eq!(b.json(&["partner", "hello", "site-a"])["partner"], "site-b");
     assert!(hello(&b, &a).unwrap().contains(r#""partner":"site-b""#));
 
-    // A moves (another port): B is told where it is now, checked by a call
+    // A moves (another port) and tells B at its start; B records the new
+    // address once it reached A there
     let mut a = a;
     assert!(a.terminate().0.success());
     let a = Daemon::start(&da);
     assert_ne!(a.partner, pa);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while b.json(&["partner", "show", "site-a"])["address"] != a.partner.as_str() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never learned A's new address"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(b.json(&["partner", "hello", "site-a"])["partner"], "site-b");
+    let audit = std::fs::read_to_string(b.data.join("audit.log")).unwrap();
+    assert!(audit.contains("partner.moved"), "{audit}");
+    // by hand: `partner address`, checked by calling the partner there
+    b.ferry(&["partner", "address", "site-a", "127.0.0.1:1", "--no-check"])
+        .ok();
+    assert_eq!(
+        b.json(&["partner", "show", "site-a"])["address"],
+        "127.0.0.1:1"
+    );
     b.ferry(&["partner", "hello", "site-a"])
         .code(1)
-        .complains(&pa);
+        .complains("127.0.0.1:1");
     b.ferry(&["partner", "address", "site-a", "nowhere"])
         .code(1)
         .complains("HOST:PORT");
-    // another site's listener there: its CA is not A's, nothing changes
+    b.ferry(&["partner", "address", "site-a", "127.0.0.1:2"])
+        .code(1)
+        .complains("nothing changed");
+    // another site's listener there: its CA is not A's
     b.ferry(&["partner", "address", "site-a", &c.partner])
         .code(1)
         .complains("nothing changed");
-    assert_eq!(
-        b.json(&["partner", "show", "site-a"])["address"],
-        pa.as_str()
-    );
-    b.ferry(&["partner", "address", "site-a", "127.0.0.1:1", "--no-check"])
-        .ok();
     assert_eq!(
         b.json(&["partner", "show", "site-a"])["address"],
         "127.0.0.1:1"
@@ -275,6 +291,35 @@ fn two_sites_pair_with_a_token_and_call_each_other_over_mutual_tls() {
     let moved = b.json(&["partner", "address", "site-a", &a.partner]);
     assert_eq!(moved["address"], a.partner.as_str());
     assert_eq!(b.json(&["partner", "hello", "site-a"])["partner"], "site-b");
+    // a partner cannot give a bad address for itself, nor move another
+    let b_tls = b.data.join("tls");
+    let post = |body: &str| {
+        request(
+            &a.partner,
+            &a.ca(),
+            Some(&b_tls),
+            "POST",
+            "/partner/v1/address",
+            body,
+        )
+        .unwrap()
+    };
+    let r = post(r#"{"address":"no port"}"#);
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("HOST:PORT"),
+        "{r}"
+    );
+    let r = post(r#"{"address":"127.0.0.1:1","name":"site-c"}"#);
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = post(r#"{"address":"127.0.0.1:1"}"#);
+    assert!(
+        r.starts_with("HTTP/1.1 502"),
+        "an address where B is not was recorded: {r}"
+    );
+    assert_eq!(
+        a.json(&["partner", "show", "site-b"])["address"],
+        pb.as_str()
+    );
 
     // a pairing whose other site's name is taken here: the other site is
     // told to forget this one again, and a second try with --name-as works

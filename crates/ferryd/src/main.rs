@@ -385,6 +385,7 @@ async fn run(
                 collector.clone(),
             );
             link.set_replicator(&replicator);
+            let announcer = link.clone();
             tokio::spawn(replicator.run(peers.cycles, peers.initial_copies));
             let acceptor =
                 tokio_rustls::TlsAcceptor::from(partner::server_config(&material, &store)?);
@@ -392,6 +393,7 @@ async fn run(
                 listener,
                 partner::router(state.clone(), &material, fences, collector),
                 serve::Transport::Tls(acceptor),
+                announcer,
             ))
         }
         None => {
@@ -426,7 +428,7 @@ async fn run(
     // one stop for both listeners
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let partner_task = match partners {
-        Some((listener, router, transport)) => {
+        Some((listener, router, transport, announcer)) => {
             println!(
                 "ferryd: partner listener on https://{} (site {site}{})",
                 listener.local_addr()?,
@@ -437,12 +439,15 @@ async fn run(
                     .unwrap_or_default()
             );
             let mut rx = stop_rx.clone();
-            Some(tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let stopped = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
                 serve::serve(listener, router, transport, stopped).await
-            }))
+            });
+            // once the listener serves: partners call back to check it
+            tokio::spawn(announcer.announce(store.clone()));
+            Some(task)
         }
         None => None,
     };

@@ -442,6 +442,65 @@ impl Link {
         Ok(())
     }
 
+    /// Tells partner `p` where this site's listener is (`POST
+    /// /partner/v1/address`); it records the address once it reached this
+    /// site there.
+    async fn call_moved(&self, p: &ferry_store::PartnerInfo) -> ApiResult<()> {
+        let http = self.partner_client(p, Some(PAIR_TIMEOUT * 2))?;
+        let sent = http
+            .post(format!("https://{}/partner/v1/address", p.address))
+            .json(&Moved {
+                address: self.address.clone(),
+            })
+            .send()
+            .await;
+        let _: Moved = partner_json(
+            sent,
+            &format!(
+                "telling partner {} at {} this site's address",
+                p.name, p.address
+            ),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Tells every partner this site's address, as each start does: a
+    /// site that moved (another `--partner-advertise`, another port) is
+    /// found again without its partners' admins. A partner that cannot be
+    /// reached is tried again, backing off from 5 s to 5 min, until it has
+    /// been told or the daemon stops.
+    pub async fn announce(self: Arc<Self>, store: ferry_store::Store) {
+        let mut wait = Duration::from_secs(5);
+        let mut told = std::collections::HashSet::new();
+        loop {
+            let st = store.clone();
+            let Ok(partners) = tokio::task::spawn_blocking(move || st.list_partners()).await else {
+                return;
+            };
+            let mut left = 0;
+            for p in &partners {
+                if told.contains(&p.name) {
+                    continue;
+                }
+                match self.call_moved(p).await {
+                    Ok(()) => {
+                        told.insert(p.name.clone());
+                    }
+                    Err(e) => {
+                        left += 1;
+                        tracing::warn!(partner = %p.name, "could not tell the partner this site's address (trying again in {} s): {}", wait.as_secs(), e.message);
+                    }
+                }
+            }
+            if left == 0 {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(300));
+        }
+    }
+
     async fn call_hello(&self, p: &ferry_store::PartnerInfo) -> ApiResult<PartnerHello> {
         let http = self.partner_client(p, Some(PAIR_TIMEOUT))?;
         let sent = http
@@ -615,6 +674,7 @@ pub fn router(
         .route("/partner/v1/hello", axum::routing::get(hello))
         .route("/partner/v1/pair", axum::routing::post(pair))
         .route("/partner/v1/unpair", axum::routing::post(unpaired))
+        .route("/partner/v1/address", axum::routing::post(moved))
         .route(
             "/partner/v1/replication/{group}",
             axum::routing::get(crate::replication::replica_state),
@@ -680,6 +740,71 @@ async fn hello(
     };
     let site = st.app.store().site_name().unwrap_or_default();
     Json(PartnerHello { partner, site }).into_response()
+}
+
+/// Where a site's partner listener is.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Moved {
+    address: String,
+}
+
+/// A partner says where its listener is now: recorded once this site
+/// reached it there (its CA pinned), so a wrong address is never kept.
+async fn moved(
+    State(st): State<PartnerState>,
+    peer: Option<Extension<PeerCertificates>>,
+    body: Result<Json<Moved>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let partner = match caller(&st, peer) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(Json(req)) = body else {
+        return bad("the body must be {\"address\": \"HOST:PORT\"}", "body").into_response();
+    };
+    let address = req.address.clone();
+    let outcome = record_move(&st, &partner, req).await;
+    match &outcome {
+        Ok(Some(was)) => {
+            audit(&st, &partner, "partner.moved", "address", StatusCode::OK);
+            tracing::info!(partner = %partner, was = %was, "the partner moved: recorded its new address");
+        }
+        Ok(None) => {}
+        Err(e) => {
+            audit(&st, &partner, "partner.moved", "address", e.status);
+            tracing::warn!(partner = %partner, error = %e.message, "the partner said it moved; its address is kept");
+        }
+    }
+    match outcome {
+        Ok(_) => Json(Moved { address }).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Records partner `name`'s new address; the old one when it changed.
+async fn record_move(st: &PartnerState, name: &str, req: Moved) -> ApiResult<Option<String>> {
+    ferry_store::partner_token::check_address(&req.address).map_err(|e| bad(e, "address"))?;
+    let store = st.app.store().clone();
+    let n = name.to_owned();
+    let mut p = tokio::task::spawn_blocking(move || store.partner(&n))
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))??;
+    if p.address == req.address {
+        return Ok(None);
+    }
+    let was = std::mem::replace(&mut p.address, req.address.clone());
+    let link = st
+        .app
+        .site_link()
+        .ok_or_else(|| ApiError::internal("no partner link"))?;
+    link.hello(&p).await?;
+    let store = st.app.store().clone();
+    let n = name.to_owned();
+    tokio::task::spawn_blocking(move || store.set_partner_address(&n, &req.address))
+        .await
+        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))??;
+    Ok(Some(was))
 }
 
 /// What a partner answers when it forgot the calling site.
