@@ -112,6 +112,24 @@ fn status(d: &Daemon, group: &str) -> Value {
     d.json(&["replication", "status", group])[0].clone()
 }
 
+/// Makes group `group` on `a` with one volume `GROUP-disk` of `size` in
+/// slot `slot`, exported under the volume's name; returns its NBD URI.
+fn group_with_disk(a: &Daemon, group: &str, size: &str, slot: &str) -> String {
+    let v = format!("{group}-disk");
+    a.ferry(&["volume", "create", &v, "--size", size]).ok();
+    a.ferry(&["group", "create", group, "--slot", &format!("{slot}={v}")])
+        .ok();
+    a.ferry(&["export", "add", &v, "--volume", &v]).ok();
+    format!("nbd://{}/{v}", a.nbd)
+}
+
+/// `ferry replication enable GROUP --partner site-b` with `more` flags.
+fn enable(a: &Daemon, group: &str, more: &[&str]) {
+    let mut args = vec!["replication", "enable", group, "--partner", "site-b"];
+    args.extend(more);
+    a.ferry(&args).ok();
+}
+
 #[test]
 fn cycles_ship_only_changes_into_recovery_points_equal_to_their_snapshots() {
     let dir = tempfile::tempdir().unwrap();
@@ -494,7 +512,13 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
     qemu_io(&a_disk, &["write -P 0x03 5M 1M"]);
     assert_eq!(cycle(&a, &b).1, "repl-3");
     a.ferry(&["replication", "pause", "vm3"]).ok();
-    qemu_io(&a_disk, &["write -P 0x04 6M 1M"]);
+    qemu_io(&a_disk, &["write -P 0x04 6M 1M", "flush"]);
+    // the primary is gone
+    let mut a = a;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&a.kill()),
+        Some(9)
+    );
 
     // unplanned failover to the older repl-2: B runs from it and takes writes
     refused(
@@ -502,8 +526,12 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
         &["failover", "unplanned", "vm3", "--point", "nope"],
         "nope",
     );
+    assert_eq!(status(&b, "vm3")["state"], "replica");
     let u = b.json(&["failover", "unplanned", "vm3", "--point", "repl-2"]);
     assert_eq!(u["point"], "repl-2", "{u}");
+    let s = status(&b, "vm3");
+    assert_eq!(s["state"], "failed over", "{s}");
+    assert!(s["failed_over"].as_u64().is_some(), "{s}");
     qemu_io(
         &b_disk,
         &[
@@ -513,8 +541,17 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
         ],
     );
 
+    // the old primary comes back (on other ports: it tells B where)
+    let a = Daemon::start(&dir.path().join("a"));
+    let a_disk = format!("nbd://{}/vm3-disk", a.nbd);
+    wait_for("B to learn A's new address", || {
+        b.json(&["partner", "show", "site-a"])["address"] == a.partner.as_str()
+    });
     // reverse: A keeps its late writes as a snapshot and becomes B's replica
     let d = b.json(&["replication", "reverse", "vm3"]);
+    let s = status(&b, "vm3");
+    assert_ne!(s["state"], "failed over", "{s}");
+    assert!(s["failed_over"].is_null(), "{s}");
     assert_eq!(d["common"], "repl-2", "{d}");
     let kept = d["kept"]
         .as_str()
@@ -829,30 +866,22 @@ fn retention_keeps_the_last_points_and_gives_the_others_space_back() {
     let a = Daemon::start(&da);
     let b = Daemon::start(&db);
     pair(&a, &b);
-    a.ferry(&["volume", "create", "r-disk", "--size", "64M"])
-        .ok();
-    a.ferry(&["group", "create", "r", "--slot", "disk=r-disk"])
-        .ok();
-    a.ferry(&["export", "add", "r-disk", "--volume", "r-disk"])
-        .ok();
-    let uri = format!("nbd://{}/r-disk", a.nbd);
+    let uri = group_with_disk(&a, "r", "64M", "disk");
     qemu_io(&uri, &["write -P 0x01 0 8M"]);
-    a.ferry(&[
-        "replication",
-        "enable",
+    enable(
+        &a,
         "r",
-        "--partner",
-        "site-b",
-        "--interval",
-        "1h",
-        "--keep-last",
-        "2",
-        "--keep-hourly",
-        "0",
-        "--compression",
-        "off",
-    ])
-    .ok();
+        &[
+            "--interval",
+            "1h",
+            "--keep-last",
+            "2",
+            "--keep-hourly",
+            "0",
+            "--compression",
+            "off",
+        ],
+    );
     for i in 1..=6u32 {
         if i > 1 {
             qemu_io(&uri, &[&format!("write -P {i:#04x} 0 8M")]);
@@ -947,28 +976,24 @@ fn initial_copies_beyond_the_sites_limit_wait_queued_for_a_slot() {
     let b = Daemon::start(&dir.path().join("b"));
     pair(&a, &b);
     for g in ["g1", "g2"] {
-        let v = format!("{g}-disk");
-        a.ferry(&["volume", "create", &v, "--size", "8M"]).ok();
-        a.ferry(&["group", "create", g, "--slot", &format!("system={v}")])
-            .ok();
-        a.ferry(&["export", "add", &v, "--volume", &v]).ok();
-        qemu_io(&format!("nbd://{}/{v}", a.nbd), &["write -P 0x5a 0 3M"]);
+        qemu_io(
+            &group_with_disk(&a, g, "8M", "system"),
+            &["write -P 0x5a 0 3M"],
+        );
     }
     for g in ["g1", "g2"] {
-        a.ferry(&[
-            "replication",
-            "enable",
+        enable(
+            &a,
             g,
-            "--partner",
-            "site-b",
-            "--interval",
-            "1h",
-            "--bandwidth",
-            "1MB",
-            "--compression",
-            "off",
-        ])
-        .ok();
+            &[
+                "--interval",
+                "1h",
+                "--bandwidth",
+                "1MB",
+                "--compression",
+                "off",
+            ],
+        );
     }
     let (mut most_at_once, mut queued_seen) = (0, false);
     wait_for("both initial copies", || {
@@ -997,20 +1022,8 @@ fn a_partner_is_unpaired_only_once_no_group_replicates_with_it() {
     let a = Daemon::start(&dir.path().join("a"));
     let b = Daemon::start(&dir.path().join("b"));
     pair(&a, &b);
-    a.ferry(&["volume", "create", "vm1-disk", "--size", "4M"])
-        .ok();
-    a.ferry(&["group", "create", "vm1", "--slot", "system=vm1-disk"])
-        .ok();
-    a.ferry(&[
-        "replication",
-        "enable",
-        "vm1",
-        "--partner",
-        "site-b",
-        "--interval",
-        "1h",
-    ])
-    .ok();
+    group_with_disk(&a, "vm1", "4M", "system");
+    enable(&a, "vm1", &["--interval", "1h"]);
     wait_for("the initial copy", || points(&b, "vm1").len() == 1);
     // refused at the source while vm1 replicates; its plan says so too
     a.ferry(&["partner", "unpair", "site-b"])
@@ -1047,4 +1060,92 @@ fn a_partner_is_unpaired_only_once_no_group_replicates_with_it() {
     assert_eq!(b.json(&["partner", "list"]), serde_json::json!([]));
     // the recovery point stays, as a snapshot of a group no longer a replica
     assert!(snapshots(&b, "vm1").contains(&"repl-1".to_owned()));
+}
+
+#[test]
+fn health_warns_while_cycles_are_missed_and_clears_itself_when_they_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"));
+    let mut b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    group_with_disk(&a, "vm5", "4M", "system");
+    enable(&a, "vm5", &["--interval", "1s"]);
+    wait_for("three good cycles", || {
+        status(&a, "vm5")["stats"]["cycles_ok"].as_u64() >= Some(3)
+    });
+    let s = status(&a, "vm5");
+    assert_eq!(s["health"], "normal", "{s}");
+    // the replica goes away: cycles fail, whole intervals are missed
+    let pb = b.partner.clone();
+    assert!(b.terminate().0.success());
+    let mut seen = Value::Null;
+    wait_for("the missed-cycles warning", || {
+        seen = status(&a, "vm5");
+        seen["health"] != "normal"
+            && seen["health_reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r.as_str().unwrap().contains("of the last hour's"))
+    });
+    assert_eq!(seen["state"], "failing", "{seen}");
+    assert!(
+        seen["stats"]["cycles_missed_last_hour"].as_u64() >= Some(1),
+        "{seen}"
+    );
+    // back: the warning clears itself once the misses are under a fifth of
+    // the hour's cycles, with no one acknowledging anything
+    let b = Daemon::start_with(&dir.path().join("b"), &["--partner-listen", &pb]);
+    wait_for("health to be normal again", || {
+        seen = status(&a, "vm5");
+        seen["health"] == "normal"
+    });
+    assert_eq!(seen["health_reasons"], serde_json::json!([]), "{seen}");
+    let missed = seen["stats"]["cycles_missed_last_hour"].as_u64().unwrap();
+    let due = seen["stats"]["cycles_due_last_hour"].as_u64().unwrap();
+    assert!(missed >= 1 && missed * 5 < due, "{seen}");
+    assert!(seen["stats"]["last_error"].is_null(), "{seen}");
+    same(
+        &a,
+        &b,
+        "vm5",
+        seen["last_point"].as_str().unwrap(),
+        "system",
+    );
+}
+
+#[test]
+fn a_change_over_half_the_group_resyncs_by_digest_and_sends_only_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"));
+    let b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    let disk = group_with_disk(&a, "vm6", "8M", "system");
+    qemu_io(&disk, &["write -P 0x11 0 8M"]);
+    enable(&a, "vm6", &["--interval", "1h", "--compression", "off"]);
+    wait_for("the initial copy", || {
+        status(&a, "vm6")["last_point"] == "repl-1"
+    });
+    let before = a.json(&["replication", "measure", "vm6"])["bytes_changed"]
+        .as_u64()
+        .unwrap();
+    assert!(!a.log_text().contains("resync"));
+    // 7 MiB rewritten (more than half the group), 6 of them with the bytes
+    // they held: a restore or a defragmentation does that
+    qemu_io(&disk, &["write -P 0x11 0 6M", "write -P 0x22 6M 1M"]);
+    a.ferry(&["replication", "run", "vm6"]).ok();
+    wait_for("the second point", || {
+        status(&a, "vm6")["last_point"] == "repl-2"
+    });
+    same(&a, &b, "vm6", "repl-2", "system");
+    assert!(
+        a.log_text().contains("resync: 1 of 8 regions differ"),
+        "no resync in the log"
+    );
+    let m = a.json(&["replication", "measure", "vm6"]);
+    assert_eq!(
+        m["bytes_changed"].as_u64().unwrap() - before,
+        1 << 20,
+        "only the region that differs travels: {m}"
+    );
 }

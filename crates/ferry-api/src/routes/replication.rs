@@ -72,7 +72,9 @@ pub struct ReplicationStatus {
     #[serde(flatten)]
     info: ReplicationInfo,
     /// initial copy, scheduled, replicating, queued (due, waiting for one of
-    /// the site's cycle slots), idle, paused, failing, resyncing, replica.
+    /// the site's cycle slots), idle, paused, failing, resyncing, replica,
+    /// failed over (promoted by an unplanned failover, until a reverse or
+    /// resume).
     state: String,
     /// normal, warning or critical (a replica: normal).
     health: String,
@@ -151,6 +153,53 @@ fn now_nanos() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
+/// A running source's health and why: the latest point older than two
+/// intervals (plus the last cycle's length) is a warning, older than six
+/// critical; a fifth or more of the last hour's due cycles missed is a
+/// warning, which clears itself as later cycles succeed.
+fn health(
+    interval: f64,
+    lag_seconds: Option<f64>,
+    stats: Option<&ReplicationStats>,
+) -> (&'static str, Vec<String>) {
+    let mut reasons = Vec::new();
+    let mut health = "normal";
+    let slack = stats.map_or(0.0, |s| s.last_cycle_seconds);
+    match lag_seconds {
+        Some(lag) if lag > 6.0 * interval + slack => {
+            health = "critical";
+            reasons.push(format!(
+                "the latest recovery point is {lag:.0} s old (interval {interval:.0} s)"
+            ));
+        }
+        Some(lag) if lag > 2.0 * interval + slack => {
+            health = "warning";
+            reasons.push(format!(
+                "the latest recovery point is {lag:.0} s old (interval {interval:.0} s)"
+            ));
+        }
+        _ => {}
+    }
+    if let Some(s) = stats {
+        if s.cycles_due_last_hour > 0
+            && s.cycles_missed_last_hour * 5 >= s.cycles_due_last_hour
+            && s.cycles_missed_last_hour > 0
+        {
+            if health == "normal" {
+                health = "warning";
+            }
+            reasons.push(format!(
+                "{} of the last hour's {} cycles failed",
+                s.cycles_missed_last_hour, s.cycles_due_last_hour
+            ));
+        }
+        if let Some(e) = &s.last_error {
+            reasons.push(format!("the last cycle failed: {e}"));
+        }
+    }
+    (health, reasons)
+}
+
 fn status(st: &AppState, info: ReplicationInfo) -> ReplicationStatus {
     let stats = st
         .site_link()
@@ -159,10 +208,10 @@ fn status(st: &AppState, info: ReplicationInfo) -> ReplicationStatus {
         .last_point_created
         .map(|c| now_nanos().saturating_sub(c) as f64 / 1e9);
     let interval = info.settings.interval_secs as f64;
-    let mut reasons = Vec::new();
-    let mut health = "normal";
     let state = if info.role == "replica" {
         if info.paused { "paused" } else { "replica" }.to_owned()
+    } else if info.paused && info.failed_over.is_some() {
+        "failed over".into()
     } else if info.paused {
         "paused".into()
     } else {
@@ -181,41 +230,11 @@ fn status(st: &AppState, info: ReplicationInfo) -> ReplicationStatus {
             _ => "idle".into(),
         }
     };
-    if info.role == "source" && !info.paused {
-        let slack = stats.as_ref().map_or(0.0, |s| s.last_cycle_seconds);
-        match lag_seconds {
-            Some(lag) if lag > 6.0 * interval + slack => {
-                health = "critical";
-                reasons.push(format!(
-                    "the latest recovery point is {lag:.0} s old (interval {interval:.0} s)"
-                ));
-            }
-            Some(lag) if lag > 2.0 * interval + slack => {
-                health = "warning";
-                reasons.push(format!(
-                    "the latest recovery point is {lag:.0} s old (interval {interval:.0} s)"
-                ));
-            }
-            _ => {}
-        }
-        if let Some(s) = &stats {
-            if s.cycles_due_last_hour > 0
-                && s.cycles_missed_last_hour * 5 >= s.cycles_due_last_hour
-                && s.cycles_missed_last_hour > 0
-            {
-                if health == "normal" {
-                    health = "warning";
-                }
-                reasons.push(format!(
-                    "{} of the last hour's {} cycles failed",
-                    s.cycles_missed_last_hour, s.cycles_due_last_hour
-                ));
-            }
-            if let Some(e) = &s.last_error {
-                reasons.push(format!("the last cycle failed: {e}"));
-            }
-        }
-    }
+    let (health, reasons) = if info.role == "source" && !info.paused {
+        health(interval, lag_seconds, stats.as_ref())
+    } else {
+        ("normal", Vec::new())
+    };
     ReplicationStatus {
         compression_ratio: stats.as_ref().map_or(1.0, |s| s.compression_ratio()),
         info,
@@ -816,4 +835,53 @@ pub async fn plan_seed_import(
         ))
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(due: u64, missed: u64, last_cycle_seconds: f64) -> ReplicationStats {
+        ReplicationStats {
+            cycles_due_last_hour: due,
+            cycles_missed_last_hour: missed,
+            last_cycle_seconds,
+            ..ReplicationStats::default()
+        }
+    }
+
+    #[test]
+    fn lag_past_two_intervals_warns_past_six_is_critical() {
+        let s = stats(10, 0, 5.0);
+        assert_eq!(health(30.0, None, Some(&s)).0, "normal");
+        assert_eq!(health(30.0, Some(65.0), Some(&s)).0, "normal");
+        let (h, why) = health(30.0, Some(66.0), Some(&s));
+        assert_eq!(h, "warning");
+        assert!(why[0].contains("66 s old (interval 30 s)"), "{why:?}");
+        assert_eq!(health(30.0, Some(185.0), Some(&s)).0, "warning");
+        assert_eq!(health(30.0, Some(186.0), Some(&s)).0, "critical");
+        // before any cycle ran, no slack
+        assert_eq!(health(30.0, Some(61.0), None).0, "warning");
+    }
+
+    #[test]
+    fn a_fifth_of_the_hours_cycles_missed_warns_and_clears_as_cycles_succeed() {
+        let (h, why) = health(30.0, Some(1.0), Some(&stats(10, 2, 1.0)));
+        assert_eq!(h, "warning");
+        assert_eq!(why, ["2 of the last hour's 10 cycles failed"]);
+        // later cycles succeed: the same two misses are under a fifth
+        let (h, why) = health(30.0, Some(1.0), Some(&stats(11, 2, 1.0)));
+        assert_eq!((h, why.len()), ("normal", 0));
+        assert_eq!(health(30.0, Some(1.0), Some(&stats(0, 0, 0.0))).0, "normal");
+        // a warning does not hide a critical lag
+        assert_eq!(
+            health(30.0, Some(500.0), Some(&stats(10, 5, 1.0))).0,
+            "critical"
+        );
+        let mut failing = stats(4, 1, 1.0);
+        failing.last_error = Some("partner unreachable".into());
+        let (h, why) = health(30.0, Some(1.0), Some(&failing));
+        assert_eq!(h, "warning");
+        assert_eq!(why[1], "the last cycle failed: partner unreachable");
+    }
 }

@@ -110,6 +110,11 @@ pub struct ReplicationInfo {
     pub next_cycle: u64,
     /// Replica: the cycle being received.
     pub partial: Option<PartialCycle>,
+    /// When an unplanned failover promoted this group here (nanoseconds
+    /// since the Unix epoch), until its replication resumes (a reverse
+    /// resumes it) or ends.
+    #[serde(default)]
+    pub failed_over: Option<u64>,
 }
 
 /// What a source cycle sends.
@@ -225,6 +230,11 @@ fn info(state: &crate::catalog::CatalogState, r: &ReplicationRec) -> Replication
         pending_cycle: r.pending.as_ref().map(|p| p.cycle),
         next_cycle: r.next_cycle,
         partial: r.partial.clone(),
+        failed_over: state
+            .groups
+            .get(&r.group)
+            .and_then(|g| g.tags.get(FAILED_OVER_TAG))
+            .and_then(|t| t.parse().ok()),
     }
 }
 
@@ -332,7 +342,14 @@ impl Store {
         let g = self.group_rec(&cat.state, group)?;
         let mut r = Self::replication_of(&cat.state, &g).ok_or_else(|| not_replicated(group))?;
         r.paused = paused;
-        cat.commit(vec![Change::PutReplication(r.clone())])?;
+        let mut changes = vec![Change::PutReplication(r.clone())];
+        if !paused && g.tags.contains_key(FAILED_OVER_TAG) {
+            // running again: no longer only failed over
+            let mut g2 = g.clone();
+            g2.tags.remove(FAILED_OVER_TAG);
+            changes.push(Change::PutGroup(g2));
+        }
+        cat.commit(changes)?;
         Ok(info(&cat.state, &r))
     }
 
@@ -347,6 +364,7 @@ impl Store {
             let out = info(&cat.state, &r);
             let mut changes = vec![Change::DelReplication(r.id)];
             let mut g2 = g.clone();
+            g2.tags.remove(FAILED_OVER_TAG);
             let next = r.next_cycle.max(next_point_number(&cat.state, &g));
             g2.tags.insert(NEXT_CYCLE_TAG.into(), next.to_string());
             if r.role == ReplicationRole::Source {
@@ -894,6 +912,9 @@ pub(crate) fn retained(
 
 /// The tag of a group that takes no client writes (a planned failover).
 pub const FROZEN_TAG: &str = "ferry.frozen";
+/// The tag of a group promoted by a failover, until its replication runs
+/// again: when, nanoseconds since the Unix epoch.
+pub const FAILED_OVER_TAG: &str = "ferry.failed-over";
 
 /// Whether clients may not write a group's volumes: a replica (only
 /// replication writes it) or a frozen group.
@@ -974,6 +995,7 @@ impl Store {
             let mut g2 = g.clone();
             g2.tags.remove(REPLICA_TAG);
             g2.tags.remove(FROZEN_TAG);
+            g2.tags.insert(FAILED_OVER_TAG.into(), now().to_string());
             let mut r2 = r.clone();
             r2.role = ReplicationRole::Source;
             r2.paused = true;
