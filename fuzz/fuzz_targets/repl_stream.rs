@@ -1,19 +1,25 @@
 //! Replication streams: any bytes in any chunking decode to events or a
 //! named error, never a panic; a cycle that decodes whole re-encodes to a
 //! stream that decodes to the same events. Half the inputs are built by the
-//! encoder from the input and then corrupted at one input-chosen byte, so
-//! that the checks past the CRCs are reached too.
+//! encoder from the input and then (mostly) corrupted at one input-chosen
+//! byte, so that the checks past the CRCs are reached too. A whole cycle is also cut
+//! after an input-chosen run and resumed there: the resumed stream decodes
+//! (`Decoder::resuming`) to the runs after the cut and the same end, and a
+//! receiver that stopped elsewhere refuses it.
 #![no_main]
 
 use ferry_repl::stream::{
-    BLOCK_SIZE, BlockIndex, Compression, CycleHeader, CycleId, Decoder, Encoder, Event, Point, Run,
-    RunContent, SlotIndex, SnapshotId, Volume,
+    BLOCK_SIZE, BlockIndex, Compression, CycleHeader, CycleId, Decoder, Encoder, Event, Point,
+    ResumePoint, Run, RunContent, SlotIndex, SnapshotId, Volume,
 };
 use libfuzzer_sys::fuzz_target;
 
 /// Decodes `bytes` fed in chunks whose sizes cycle through `chunks`.
 fn decode(bytes: &[u8], chunks: &[u8]) -> (Vec<Event>, bool) {
-    let mut d = Decoder::new();
+    decode_with(Decoder::new(), bytes, chunks)
+}
+
+fn decode_with(mut d: Decoder, bytes: &[u8], chunks: &[u8]) -> (Vec<Event>, bool) {
     let mut events = Vec::new();
     let mut rest = bytes;
     let mut i = 0;
@@ -109,8 +115,10 @@ fuzz_target!(|data: &[u8]| {
     let (chunks, data) = data.split_at(data.len().min(usize::from(mode & 7)));
     let bytes = if mode & 0x80 != 0 {
         let mut b = build(data);
+        // with 0x40, left whole (to reach the resume checks)
         if let Some(&at) = data.last()
             && !b.is_empty()
+            && mode & 0x40 == 0
         {
             let i = usize::from(at) * 37 % b.len();
             b[i] ^= data.first().copied().unwrap_or(1) | 1;
@@ -136,4 +144,58 @@ fuzz_target!(|data: &[u8]| {
     let (again, ok) = decode(&out, &[]);
     assert!(ok, "the re-encoded stream decodes");
     assert_eq!(again, events);
+    resume(&events, usize::from(mode >> 3), chunks);
 });
+
+/// Cuts the whole cycle `events` after run `cut` (modulo the runs) and
+/// checks the resumed stream.
+fn resume(events: &[Event], cut: usize, chunks: &[u8]) {
+    let (Some(Event::Header(h)), Some(Event::End(end))) = (events.first(), events.last()) else {
+        panic!("a whole cycle is a header, runs and an end");
+    };
+    let runs: Vec<&Run> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Run(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    if runs.is_empty() || h.resume.is_some() {
+        return;
+    }
+    let cut = cut % runs.len() + 1;
+    // what a receiver that applied the first `cut` runs reports
+    let mut first = Encoder::new(1);
+    let mut sink = Vec::new();
+    first.header(h, &mut sink).expect("the header encodes");
+    for r in &runs[..cut] {
+        first.run(r, &mut sink).expect("a run encodes");
+    }
+    let at: ResumePoint = first.resume_point().expect("runs were written");
+    let mut h2 = h.clone();
+    h2.resume = Some(at.clone());
+    let mut resumed = Vec::new();
+    let mut e = Encoder::new(1);
+    e.header(&h2, &mut resumed).expect("a resumed header encodes");
+    for r in &runs[cut..] {
+        e.run(r, &mut resumed).expect("a run after the cut encodes");
+    }
+    assert_eq!(e.end(&mut resumed).expect("the end encodes"), *end);
+    let (got, ok) = decode_with(Decoder::resuming(Some(at.clone())), &resumed, chunks);
+    assert!(ok, "the resumed stream decodes");
+    let mut want = vec![Event::Header(h2)];
+    want.extend(runs[cut..].iter().map(|r| Event::Run((*r).clone())));
+    want.push(Event::End(end.clone()));
+    assert_eq!(got, want);
+    // a receiver that has nothing, or stopped one run earlier, refuses it
+    assert!(!decode_with(Decoder::resuming(None), &resumed, chunks).1);
+    if cut > 1 {
+        let mut earlier = Encoder::new(1);
+        earlier.header(h, &mut sink).expect("the header encodes");
+        for r in &runs[..cut - 1] {
+            earlier.run(r, &mut sink).expect("a run encodes");
+        }
+        let before = earlier.resume_point();
+        assert!(!decode_with(Decoder::resuming(before), &resumed, chunks).1);
+    }
+}

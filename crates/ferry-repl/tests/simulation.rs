@@ -76,6 +76,24 @@ fn replication_resumes_and_every_point_is_its_snapshot_under_faults() {
         }
     }
     eprintln!("{total}");
+    // the seeds did meet every fault, and the paths they force were taken
+    if seeds >= 100 {
+        for (what, n) in [
+            ("resets", total.resets),
+            ("partitions", total.partitions),
+            ("source crashes", total.source_crashes),
+            ("replica crashes", total.replica_crashes),
+            ("crashes inside a disk step", total.torn_crashes),
+            ("write errors", total.write_errors),
+            ("lost control messages", total.lost_msgs),
+            ("duplicated control messages", total.dup_msgs),
+            ("resumed sends", total.resumed),
+            ("lost answers recorded", total.lost_acks),
+            ("points", total.points),
+        ] {
+            assert!(n > 0, "no {what} in {seeds} seeds: {total}");
+        }
+    }
 }
 
 /// Runs seeds with `bug` until one fails; panics if none does.

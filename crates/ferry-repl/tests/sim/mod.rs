@@ -236,6 +236,8 @@ pub struct Stats {
     pub write_errors: u64,
     pub stalls: u64,
     pub lost_pending: u64,
+    pub lost_msgs: u64,
+    pub dup_msgs: u64,
     pub virtual_ms: u64,
 }
 
@@ -259,6 +261,8 @@ impl Stats {
         self.write_errors += o.write_errors;
         self.stalls += o.stalls;
         self.lost_pending += o.lost_pending;
+        self.lost_msgs += o.lost_msgs;
+        self.dup_msgs += o.dup_msgs;
         self.virtual_ms += o.virtual_ms;
     }
 }
@@ -271,7 +275,8 @@ impl fmt::Display for Stats {
              {} sends resumed, {} lost answers recorded, {} refusals, {} checkpoints, \
              {} discards, {} runs written outside the partial cycle; faults: {} resets, \
              {} partitions, {} source crashes, {} replica crashes ({} inside a disk step), \
-             {} write errors, {} replica stalls, {} lost pending snapshots",
+             {} write errors, {} replica stalls, {} lost pending snapshots, \
+             {} control messages lost, {} duplicated",
             self.seeds,
             self.events,
             self.virtual_ms / 1000,
@@ -291,6 +296,8 @@ impl fmt::Display for Stats {
             self.write_errors,
             self.stalls,
             self.lost_pending,
+            self.lost_msgs,
+            self.dup_msgs,
         )
     }
 }

@@ -45,10 +45,12 @@ impl World {
         let loss = if self.faults { self.cfg.loss } else { 0 };
         if self.partitioned() || self.rng.percent(loss) {
             self.log(|| format!("lost: {}", super::short(&ev)));
+            self.stats.lost_msgs += 1;
             return;
         }
         if self.rng.percent(self.cfg.dup) {
             self.log(|| format!("duplicated: {}", super::short(&ev)));
+            self.stats.dup_msgs += 1;
             let t = self.now + self.latency();
             self.at(t, ev.clone());
         }
