@@ -746,6 +746,21 @@ fn a_seed_file_carries_the_initial_copy_and_the_network_sends_only_what_follows(
     let s5 = status(&a, "vm5");
     assert_eq!(s5["state"], "scheduled", "{s5}");
     assert!(s5["settings"]["start_at"].as_u64().is_some(), "{s5}");
+    // and starts by itself once its time comes, not before
+    group_with_disk(&a, "vm7", "4M", "disk");
+    enable(&a, "vm7", &["--interval", "1h", "--start-at", "+3s"]);
+    let s7 = status(&a, "vm7");
+    assert_eq!(s7["state"], "scheduled", "{s7}");
+    let start_at = s7["settings"]["start_at"].as_u64().unwrap();
+    wait_for("vm7's initial copy", || {
+        status(&a, "vm7")["last_point"].is_string()
+    });
+    let s7 = status(&a, "vm7");
+    assert!(
+        s7["last_point_created"].as_u64().unwrap() >= start_at,
+        "the copy began before --start-at: {s7}"
+    );
+    same(&a, &b, "vm7", "repl-1", "disk");
 }
 
 #[test]
@@ -1148,4 +1163,63 @@ fn a_change_over_half_the_group_resyncs_by_digest_and_sends_only_what_differs() 
         1 << 20,
         "only the region that differs travels: {m}"
     );
+}
+
+#[test]
+fn bandwidth_caps_hold_per_group_and_for_all_cycles_to_a_partner() {
+    const RATE: f64 = 1_000_000.0;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"));
+    let b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    for g in ["c1", "c2", "c3"] {
+        qemu_io(
+            &group_with_disk(&a, g, "4M", "system"),
+            &["write -P 0x5a 0 2M"],
+        );
+    }
+    // one group capped at 1 MB/s: its cycle never runs ahead of the cap
+    enable(
+        &a,
+        "c1",
+        &[
+            "--interval",
+            "1h",
+            "--bandwidth",
+            "1MB",
+            "--compression",
+            "off",
+        ],
+    );
+    wait_for("c1's initial copy", || {
+        status(&a, "c1")["last_point"].is_string()
+    });
+    let s = status(&a, "c1");
+    let rate = s["stats"]["last_throughput"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate <= RATE * 1.02, "{s}");
+    // two groups under one 1 MB/s cap for the partner: together no faster
+    a.ferry(&["partner", "limit", "site-b", "--bandwidth", "1MB"])
+        .ok();
+    let began = Instant::now();
+    for g in ["c2", "c3"] {
+        enable(&a, g, &["--interval", "1h", "--compression", "off"]);
+    }
+    wait_for("both initial copies", || {
+        ["c2", "c3"]
+            .iter()
+            .all(|g| status(&a, g)["last_point"].is_string())
+    });
+    let secs = began.elapsed().as_secs_f64();
+    let sent: u64 = ["c2", "c3"]
+        .iter()
+        .map(|g| status(&a, g)["stats"]["bytes_sent"].as_u64().unwrap())
+        .sum();
+    assert!(sent >= 4 << 20, "{sent}");
+    assert!(
+        sent as f64 / secs <= RATE * 1.02,
+        "{sent} bytes in {secs:.2} s under a cap of 1 MB/s"
+    );
+    for g in ["c1", "c2", "c3"] {
+        same(&a, &b, g, "repl-1", "system");
+    }
 }

@@ -430,8 +430,10 @@ struct GroupFigures {
     left: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
-/// A bandwidth cap shared by every cycle to one partner: each chunk waits
-/// for its turn on a virtual wire of the cap's rate.
+/// A bandwidth cap shared by every cycle to one partner: each chunk takes
+/// its turn on a virtual wire of the cap's rate and goes when it would have
+/// crossed it, so no burst ever runs ahead of the cap (as the per-group
+/// pacing does).
 struct Pacer {
     state: Mutex<(u64, Instant)>,
 }
@@ -442,9 +444,9 @@ impl Pacer {
         let mut st = self.state.lock();
         let (rate, free) = *st;
         let now = Instant::now();
-        let start = free.max(now);
-        st.1 = start + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
-        start - now
+        let done = free.max(now) + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+        st.1 = done;
+        done - now
     }
 }
 
