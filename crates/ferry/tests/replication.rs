@@ -487,14 +487,35 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
         .ok();
     qemu_io_refused(&b_disk, "write -P 0x09 0 4k");
 
-    // test failover while the primary writes and cycles go on
-    let t = b.json(&["failover", "test", "vm3"]);
+    // test failover while the primary writes and cycles go on: fio writes
+    // the disk's upper half at A all along
+    let mut writer = Command::new("fio")
+        .args([
+            "--name=primary",
+            "--ioengine=nbd",
+            &format!("--uri={a_disk}"),
+            "--rw=randwrite",
+            "--bs=64k",
+            "--offset=16M",
+            "--size=16M",
+            "--time_based",
+            "--runtime=120",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("running fio (scripts/test.sh installs it)");
+    refused(&b, &["failover", "test", "vm3", "--point", "nope"], "nope");
+    let t = b.json(&["failover", "test", "vm3", "--point", "repl-1"]);
     assert_eq!(t["exports"], serde_json::json!(["vm3-test-disk"]), "{t}");
     let test_disk = format!("nbd://{}/vm3-test-disk", b.nbd);
     qemu_io(&test_disk, &["write -P 0x0f 0 64k"]);
     qemu_io(&a_disk, &["write -P 0x02 4M 1M"]);
     let p2 = cycle(&a, &b);
     assert_eq!(p2, ("repl-2".to_owned(), "repl-2".to_owned()));
+    assert!(
+        writer.try_wait().unwrap().is_none(),
+        "fio stopped before the cycle ended"
+    );
     same(&a, &b, "vm3", "repl-2", "disk");
     // the test copy kept its own writes and its point's data
     qemu_io(
@@ -507,6 +528,12 @@ fn failover_drills_test_unplanned_to_an_older_point_reverse_then_planned() {
     );
     b.ferry(&["failover", "test", "vm3", "--cleanup"]).ok();
     refused(&b, &["group", "show", "vm3-test"], "vm3-test");
+    assert!(
+        writer.try_wait().unwrap().is_none(),
+        "fio stopped before the cleanup"
+    );
+    writer.kill().unwrap();
+    writer.wait().unwrap();
 
     // a third point, then late writes at the primary that never replicate
     qemu_io(&a_disk, &["write -P 0x03 5M 1M"]);
