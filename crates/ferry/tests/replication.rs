@@ -1250,3 +1250,49 @@ fn bandwidth_caps_hold_per_group_and_for_all_cycles_to_a_partner() {
         same(&a, &b, g, "repl-1", "system");
     }
 }
+
+#[test]
+fn a_planned_failover_that_cannot_ship_thaws_the_primary_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Daemon::start(&dir.path().join("a"));
+    let mut b = Daemon::start(&dir.path().join("b"));
+    pair(&a, &b);
+    let disk = group_with_disk(&a, "vm8", "4M", "disk");
+    qemu_io(&disk, &["write -P 0x01 0 1M"]);
+    enable(&a, "vm8", &["--interval", "1h"]);
+    wait_for("the initial copy", || {
+        status(&a, "vm8")["last_point"] == "repl-1"
+    });
+    // the replica is gone: the last changes cannot be shipped
+    let pb = b.partner.clone();
+    assert!(b.terminate().0.success());
+    qemu_io(&disk, &["write -P 0x02 1M 1M"]);
+    refused(&a, &["failover", "planned", "vm8"], "could not be shipped");
+    // writes go on at the primary, which is still the source, not paused
+    qemu_io(&disk, &["write -P 0x03 2M 1M", "read -P 0x02 1M 1M"]);
+    let s = status(&a, "vm8");
+    assert_eq!(
+        (s["role"].as_str(), s["paused"].as_bool()),
+        (Some("source"), Some(false)),
+        "{s}"
+    );
+    let g = a.json(&["group", "show", "vm8"]);
+    assert!(
+        g["tags"].is_object() && g["tags"].get("ferry.frozen").is_none(),
+        "{g}"
+    );
+    // with the replica back, the planned failover ships everything
+    let b = Daemon::start_with(&dir.path().join("b"), &["--partner-listen", &pb]);
+    let r = a.json(&["failover", "planned", "vm8"]);
+    assert_eq!(r["partner"], "site-b", "{r}");
+    b.ferry(&["export", "add", "vm8-disk", "--volume", "vm8-disk"])
+        .ok();
+    qemu_io(
+        &format!("nbd://{}/vm8-disk", b.nbd),
+        &[
+            "read -P 0x01 0 1M",
+            "read -P 0x02 1M 1M",
+            "read -P 0x03 2M 1M",
+        ],
+    );
+}
