@@ -879,6 +879,42 @@ fn application_consistent_points_run_the_group_hooks_and_fall_back_to_crash() {
             .starts_with("crash: the pre hook failed"),
         "{note}"
     );
+
+    // --app-every 2: every second point runs the hooks, the others do not
+    group_with_disk(&a, "vm9", "4M", "disk");
+    let log9 = dir.path().join("hooks9.log");
+    let log9_s = log9.to_str().unwrap();
+    a.ferry(&[
+        "group",
+        "hooks",
+        "vm9",
+        "--pre",
+        &format!("echo pre >> {log9_s}"),
+        "--post",
+        &format!("echo post >> {log9_s}"),
+    ])
+    .ok();
+    enable(&a, "vm9", &["--interval", "1h", "--app-every", "2"]);
+    for n in 1..=4 {
+        if n > 1 {
+            a.ferry(&["replication", "run", "vm9"]).ok();
+        }
+        wait_for(&format!("vm9's point {n}"), || {
+            status(&a, "vm9")["last_point"] == format!("repl-{n}").as_str()
+        });
+    }
+    let kinds9: Vec<String> = b
+        .json(&["recovery-point", "list", "vm9"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds9, ["crash", "app", "crash", "app"]);
+    assert_eq!(
+        std::fs::read_to_string(&log9).unwrap(),
+        "pre\npost\npre\npost\n"
+    );
 }
 
 /// Bytes the files under `dir` take on disk (allocated blocks, not sizes).
