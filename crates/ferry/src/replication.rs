@@ -566,6 +566,23 @@ mod tests {
     }
 
     #[test]
+    fn intervals() {
+        let secs = |s| crate::partner::parse_secs("--interval", s);
+        for (text, want) in [
+            ("30s", 30),
+            ("5m", 300),
+            ("15m", 900),
+            ("1h", 3600),
+            ("90", 90),
+        ] {
+            assert_eq!(secs(text).unwrap(), want, "{text}");
+        }
+        for bad in ["-1", "5x", "", "m"] {
+            assert!(secs(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn rates() {
         assert_eq!(parse_rate("10mbit").unwrap(), 1_250_000);
         assert_eq!(parse_rate("20MB").unwrap(), 20_000_000);
