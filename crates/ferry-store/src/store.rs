@@ -592,7 +592,7 @@ impl Store {
             validate_tag(k, v)?;
             if k.starts_with("ferry.") {
                 return Err(StoreError::Invalid(
-                    "tags starting with \"ferry.\" are ferry's own (replica, frozen, failover test)",
+                    "tags starting with \"ferry.\" are ferry's own (replica, frozen, failed over, failover test)",
                 ));
             }
         }

@@ -1045,7 +1045,7 @@ fn initial_copies_beyond_the_sites_limit_wait_queued_for_a_slot() {
     );
     assert!(!dir.path().join("never").exists());
 
-    // one initial copy at a time: two groups of 3 MiB, each sent at 1 MB/s
+    // one initial copy at a time: three groups of 3 MiB, each sent at 1 MB/s
     std::fs::write(&config, "replication_initial_copies = 1\n").unwrap();
     let a = Daemon::start_with(
         &dir.path().join("a"),
@@ -1053,13 +1053,13 @@ fn initial_copies_beyond_the_sites_limit_wait_queued_for_a_slot() {
     );
     let b = Daemon::start(&dir.path().join("b"));
     pair(&a, &b);
-    for g in ["g1", "g2"] {
+    for g in ["g1", "g2", "g3"] {
         qemu_io(
             &group_with_disk(&a, g, "8M", "system"),
             &["write -P 0x5a 0 3M"],
         );
     }
-    for g in ["g1", "g2"] {
+    for g in ["g1", "g2", "g3"] {
         enable(
             &a,
             g,
@@ -1073,8 +1073,11 @@ fn initial_copies_beyond_the_sites_limit_wait_queued_for_a_slot() {
             ],
         );
     }
-    let (mut most_at_once, mut queued_seen) = (0, false);
-    wait_for("both initial copies", || {
+    // the first group seen queued is paused there: when its slot comes,
+    // it must not run
+    let mut most_at_once = 0;
+    let mut paused: Option<String> = None;
+    wait_for("the other initial copies", || {
         let all = a.json(&["replication", "status"]);
         let all = all.as_array().unwrap();
         let sending = all
@@ -1082,14 +1085,33 @@ fn initial_copies_beyond_the_sites_limit_wait_queued_for_a_slot() {
             .filter(|s| s["stats"]["running"] == true && s["stats"]["initial_copy"] == true)
             .count();
         most_at_once = most_at_once.max(sending);
-        if sending == 1 && all.iter().any(|s| s["state"] == "queued") {
-            queued_seen = true;
+        if paused.is_none()
+            && sending == 1
+            && let Some(q) = all.iter().find(|s| s["state"] == "queued")
+        {
+            let g = q["group"].as_str().unwrap().to_owned();
+            a.ferry(&["replication", "pause", &g]).ok();
+            paused = Some(g);
         }
-        all.iter().all(|s| s["last_point"].is_string())
+        all.iter()
+            .filter(|s| Some(s["group"].as_str().unwrap()) != paused.as_deref())
+            .all(|s| s["last_point"].is_string())
     });
     assert_eq!(most_at_once, 1, "two initial copies ran at once");
-    assert!(queued_seen, "the second group was never seen queued");
-    for g in ["g1", "g2"] {
+    let paused = paused.expect("no group was ever seen queued");
+    wait_for("the paused group's slot", || {
+        let s = status(&a, &paused);
+        s["stats"]["queued"] == false && s["stats"]["running"] == false
+    });
+    let s = status(&a, &paused);
+    assert!(s["last_point"].is_null(), "a paused group was sent: {s}");
+    assert_eq!(s["state"], "paused", "{s}");
+    assert_eq!(s["stats"]["cycles_ok"], 0, "{s}");
+    a.ferry(&["replication", "resume", &paused]).ok();
+    wait_for("its copy once resumed", || {
+        status(&a, &paused)["last_point"].is_string()
+    });
+    for g in ["g1", "g2", "g3"] {
         same(&a, &b, g, "repl-1", "system");
     }
 }

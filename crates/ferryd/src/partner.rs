@@ -444,32 +444,33 @@ impl Link {
 
     /// Tells partner `p` where this site's listener is (`POST
     /// /partner/v1/address`); it records the address once it reached this
-    /// site there.
-    async fn call_moved(&self, p: &ferry_store::PartnerInfo) -> ApiResult<()> {
-        let http = self.partner_client(p, Some(PAIR_TIMEOUT * 2))?;
-        let sent = http
+    /// site there. `Err((again, why))`: `again` when the partner was not
+    /// reached (worth another try), not when it answered no.
+    async fn call_moved(&self, p: &ferry_store::PartnerInfo) -> Result<(), (bool, String)> {
+        let http = self
+            .partner_client(p, Some(PAIR_TIMEOUT * 2))
+            .map_err(|e| (false, e.message))?;
+        let resp = http
             .post(format!("https://{}/partner/v1/address", p.address))
             .json(&Moved {
                 address: self.address.clone(),
             })
             .send()
-            .await;
-        let _: Moved = partner_json(
-            sent,
-            &format!(
-                "telling partner {} at {} this site's address",
-                p.name, p.address
-            ),
-        )
-        .await?;
-        Ok(())
+            .await
+            .map_err(|e| (true, error_chain(&e)))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err((false, refusal(resp).await))
+        }
     }
 
     /// Tells every partner this site's address, as each start does: a
     /// site that moved (another `--partner-advertise`, another port) is
     /// found again without its partners' admins. A partner that cannot be
     /// reached is tried again, backing off from 5 s to 5 min, until it has
-    /// been told or the daemon stops.
+    /// been told or the daemon stops; one that answered no (it could not
+    /// reach this site at that address) is not asked again.
     pub async fn announce(self: Arc<Self>, store: ferry_store::Store) {
         let mut wait = Duration::from_secs(5);
         let mut told = std::collections::HashSet::new();
@@ -487,9 +488,13 @@ impl Link {
                     Ok(()) => {
                         told.insert(p.name.clone());
                     }
-                    Err(e) => {
+                    Err((true, why)) => {
                         left += 1;
-                        tracing::warn!(partner = %p.name, "could not tell the partner this site's address (trying again in {} s): {}", wait.as_secs(), e.message);
+                        tracing::warn!(partner = %p.name, "could not tell the partner this site's address (trying again in {} s): {why}", wait.as_secs());
+                    }
+                    Err((false, why)) => {
+                        told.insert(p.name.clone());
+                        tracing::warn!(partner = %p.name, address = %self.address, "the partner did not take this site's address: {why}");
                     }
                 }
             }
@@ -530,12 +535,22 @@ pub(crate) async fn partner_json<T: serde::de::DeserializeOwned>(
         )
     };
     let resp = sent.map_err(|e| failed(error_chain(&e)))?;
-    let status = resp.status();
-    if !status.is_success() {
-        let text = resp.text().await.unwrap_or_default();
-        return Err(failed(format!("it answered {status}: {text}")));
+    if !resp.status().is_success() {
+        return Err(failed(refusal(resp).await));
     }
     resp.json().await.map_err(|e| failed(error_chain(&e)))
+}
+
+/// What a partner's answer other than success says: its status and its
+/// error's message (the body as it came when it is not ferry's JSON).
+async fn refusal(resp: reqwest::Response) -> String {
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or(text);
+    format!("it answered {status}: {message}")
 }
 
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -798,12 +813,26 @@ async fn record_move(st: &PartnerState, name: &str, req: Moved) -> ApiResult<Opt
         .app
         .site_link()
         .ok_or_else(|| ApiError::internal("no partner link"))?;
-    link.hello(&p).await?;
+    if let Err(e) = link.hello(&p).await {
+        // the details stay here: a partner may not probe this site's
+        // network through its answers
+        tracing::warn!(partner = %name, address = %req.address, "could not reach the partner where it says it is: {}", e.message);
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "address_unverified",
+            format!(
+                "this site could not reach you at {} with your CA; your address stays {was}",
+                req.address
+            ),
+        ));
+    }
     let store = st.app.store().clone();
     let n = name.to_owned();
-    tokio::task::spawn_blocking(move || store.set_partner_address(&n, &req.address))
-        .await
-        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))??;
+    tokio::task::spawn_blocking(move || {
+        store.set_partner_address(&n, &req.address, Some(&p.ca_fingerprint))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))??;
     Ok(Some(was))
 }
 

@@ -439,14 +439,19 @@ struct Pacer {
 }
 
 impl Pacer {
-    /// How long to wait before sending `bytes`.
+    /// How long to wait before sending `bytes`. A chunk starts on the
+    /// wire when the one before it left it, if that was less than a
+    /// chunk's time ago (the time spent reading and compressing it
+    /// overlaps the wait), else now: an idle wire gives no credit.
     fn wait(&self, bytes: u64) -> Duration {
         let mut st = self.state.lock();
         let (rate, free) = *st;
         let now = Instant::now();
-        let done = free.max(now) + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+        let takes = Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
+        let start = if free + takes >= now { free } else { now };
+        let done = start + takes;
         st.1 = done;
-        done - now
+        done.saturating_duration_since(now)
     }
 }
 
@@ -583,10 +588,34 @@ impl Replicator {
                     };
                     let _permit = slots.acquire_owned().await;
                     me.set_queued(&r.group, false);
-                    me.cycle(&r).await;
+                    me.scheduled_cycle(&r.group).await;
                     running.lock().remove(&r.group);
                 });
             }
+        }
+    }
+
+    /// A cycle the scheduler found due, once it has its slot: the
+    /// replication is read again, as waiting for the slot may have taken
+    /// long, and nothing is sent if it was paused (a planned failover
+    /// pauses it first), disabled or turned around meanwhile. It counts as
+    /// running from before that read, so a failover waiting for quiet
+    /// waits for it.
+    async fn scheduled_cycle(&self, group: &str) {
+        let set_running = |on: bool| {
+            self.figures
+                .lock()
+                .entry(group.to_owned())
+                .or_default()
+                .stats
+                .running = on;
+        };
+        set_running(true);
+        let store = self.store.clone();
+        let g = group.to_owned();
+        match tokio::task::spawn_blocking(move || store.replication(&g)).await {
+            Ok(Ok(now)) if now.role == "source" && !now.paused => self.cycle(&now).await,
+            _ => set_running(false),
         }
     }
 

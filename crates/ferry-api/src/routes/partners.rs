@@ -306,8 +306,13 @@ pub async fn pair(
                 ),
             };
             e.message = format!(
-                "{}; pairing not recorded here, {undone}; pair again with a new token and --name-as NAME",
-                e.message
+                "{}; pairing not recorded here, {undone}{}",
+                e.message,
+                if named {
+                    ""
+                } else {
+                    "; pair again with a new token and --name-as NAME"
+                }
             );
             Err(e)
         }
@@ -545,7 +550,14 @@ pub async fn set_address(
             e
         })?;
     }
-    blocking(move || Ok(Json(st.store().set_partner_address(&name, &req.address)?))).await
+    blocking(move || {
+        Ok(Json(st.store().set_partner_address(
+            &name,
+            &req.address,
+            Some(&p.ca_fingerprint),
+        )?))
+    })
+    .await
 }
 
 pub async fn plan_set_address(

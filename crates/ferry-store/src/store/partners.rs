@@ -289,8 +289,15 @@ impl Store {
         Ok(info(&r))
     }
 
-    /// Records where partner `name`'s listener is now (`HOST:PORT`).
-    pub fn set_partner_address(&self, name: &str, address: &str) -> Result<PartnerInfo> {
+    /// Records where partner `name`'s listener is now (`HOST:PORT`). With
+    /// `ca`, only while the partner of that name still has that CA (the
+    /// one the address was checked with).
+    pub fn set_partner_address(
+        &self,
+        name: &str,
+        address: &str,
+        ca: Option<&str>,
+    ) -> Result<PartnerInfo> {
         if !crate::partner_token::address_ok(address) {
             return Err(StoreError::Invalid("a partner address must be HOST:PORT"));
         }
@@ -302,6 +309,11 @@ impl Store {
             .find(|p| p.name == name)
             .cloned()
             .ok_or_else(|| StoreError::not_found("partner", name))?;
+        if ca.is_some_and(|ca| ca != r.ca_fingerprint) {
+            return Err(StoreError::Conflict(format!(
+                "partner {name:?} was paired again meanwhile (another CA): its address is not changed"
+            )));
+        }
         r.address = address.to_owned();
         cat.commit(vec![Change::PutPartner(r.clone())])?;
         Ok(info(&r))

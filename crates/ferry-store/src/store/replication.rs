@@ -1080,6 +1080,7 @@ impl Store {
             let rebase = snap.members.clone();
             let mut g2 = g.clone();
             g2.tags.remove(FROZEN_TAG);
+            g2.tags.remove(FAILED_OVER_TAG);
             g2.tags.insert(REPLICA_TAG.into(), partner.into());
             let mut r2 = r.clone();
             r2.role = ReplicationRole::Replica;
