@@ -56,6 +56,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::replication::blocking;
 use crate::serve::PeerCertificates;
 use crate::tls::{self, PartnerMaterial};
 
@@ -802,9 +803,7 @@ async fn record_move(st: &PartnerState, name: &str, req: Moved) -> ApiResult<Opt
     ferry_store::partner_token::check_address(&req.address).map_err(|e| bad(e, "address"))?;
     let store = st.app.store().clone();
     let n = name.to_owned();
-    let mut p = tokio::task::spawn_blocking(move || store.partner(&n))
-        .await
-        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))??;
+    let mut p = blocking(move || Ok(store.partner(&n)?)).await?;
     if p.address == req.address {
         return Ok(None);
     }
@@ -828,11 +827,8 @@ async fn record_move(st: &PartnerState, name: &str, req: Moved) -> ApiResult<Opt
     }
     let store = st.app.store().clone();
     let n = name.to_owned();
-    tokio::task::spawn_blocking(move || {
-        store.set_partner_address(&n, &req.address, Some(&p.ca_fingerprint))
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))??;
+    blocking(move || Ok(store.set_partner_address(&n, &req.address, Some(&p.ca_fingerprint))?))
+        .await?;
     Ok(Some(was))
 }
 
@@ -855,13 +851,10 @@ async fn unpaired(
     };
     let app = st.app.clone();
     let name = partner.clone();
-    let outcome = tokio::task::spawn_blocking(move || app.store().remove_partner(&name))
-        .await
-        .map_err(|e| ApiError::internal(format!("a worker failed: {e}")))
-        .and_then(|r| r.map_err(ApiError::from));
+    let outcome = blocking(move || Ok(app.store().remove_partner(&name)?)).await;
     let status = outcome
         .as_ref()
-        .map_or_else(|e| e.status, |()| StatusCode::OK);
+        .map_or_else(|e| e.status, |_| StatusCode::OK);
     audit(
         &st,
         &partner,
@@ -870,7 +863,7 @@ async fn unpaired(
         status,
     );
     match outcome {
-        Ok(()) => {
+        Ok(_) => {
             tracing::info!(partner = %partner, "the partner unpaired this site: forgot it");
             Json(Forgotten { forgot: partner }).into_response()
         }

@@ -418,12 +418,7 @@ pub async fn unpair(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Unpaired>> {
     let store = st.store().clone();
-    let p = blocking(move || {
-        let p = store.partner(&name)?;
-        store.remove_partner(&name)?;
-        Ok(p)
-    })
-    .await?;
+    let p = blocking(move || Ok(store.remove_partner(&name)?)).await?;
     // Forgotten here whatever the other site says: then it is told.
     let not_told = match link(&st) {
         Ok(link) => link.ask_to_forget(&p).await.err().map(|e| e.message),

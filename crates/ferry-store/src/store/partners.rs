@@ -321,11 +321,12 @@ impl Store {
 
     /// Forgets a partner. Refused while a group replicates with it (to it
     /// or from it): those replications would be left without their other
-    /// site.
-    pub fn remove_partner(&self, name: &str) -> Result<()> {
+    /// site. Returns the partner as it was.
+    pub fn remove_partner(&self, name: &str) -> Result<PartnerInfo> {
         let mut cat = self.catalog();
-        let id = Self::unused_partner(&cat.state, name)?;
-        cat.commit(vec![Change::DelPartner(id)])
+        let rec = Self::unused_partner(&cat.state, name)?;
+        cat.commit(vec![Change::DelPartner(rec.id)])?;
+        Ok(info(&rec))
     }
 
     /// Refuses as [`Store::remove_partner`] would, without removing.
@@ -333,13 +334,13 @@ impl Store {
         Self::unused_partner(&self.catalog().state, name).map(drop)
     }
 
-    /// Partner `name`'s id, when no group replicates with it.
-    fn unused_partner(state: &crate::catalog::CatalogState, name: &str) -> Result<u64> {
-        let id = state
+    /// Partner `name`'s record, when no group replicates with it.
+    fn unused_partner(state: &crate::catalog::CatalogState, name: &str) -> Result<PartnerRec> {
+        let rec = state
             .partners
             .values()
             .find(|p| p.name == name)
-            .map(|p| p.id)
+            .cloned()
             .ok_or_else(|| StoreError::not_found("partner", name))?;
         let mut groups: Vec<&str> = state
             .replications
@@ -358,7 +359,7 @@ impl Store {
                 ),
             });
         }
-        Ok(id)
+        Ok(rec)
     }
 }
 
